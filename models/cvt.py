@@ -1,0 +1,314 @@
+"""CvT: Introducing Convolutions to Vision Transformers (Wu et al., ICCV 2021).
+
+Paper: https://arxiv.org/abs/2103.15808, official code: https://github.com/microsoft/CvT.
+Parameter names match the official `lib/models/cls_cvt.py` state dict, so converting released
+weights is a rename of BatchNorm statistics and a transpose of Linear weights, nothing more.
+"""
+import math
+from typing import Sequence
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from .registry import register_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _trunc_normal(param, std=0.02):
+    # timm's trunc_normal_ cuts at +-2 absolute, i.e. 100 std at std .02; Paddle 3's a/b are absolute too.
+    nn.initializer.TruncatedNormal(mean=0.0, std=std)(param)
+
+
+def _torch_default_conv_init(conv: nn.Conv2D):
+    # The official code keeps torch's Conv2d default: kaiming_uniform(a=sqrt(5)) on the weight, which is
+    # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias. Paddle's default differs.
+    fan_in = conv.weight.shape[1] * conv.weight.shape[2] * conv.weight.shape[3]
+    bound = 1.0 / math.sqrt(fan_in)
+    nn.initializer.Uniform(-bound, bound)(conv.weight)
+    if conv.bias is not None:
+        nn.initializer.Uniform(-bound, bound)(conv.bias)
+
+
+def drop_path(x, drop_prob: float = 0.0, training: bool = False):
+    """Stochastic depth: zero whole samples of a residual branch, rescaling the survivors."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep_prob = 1.0 - drop_prob
+    mask_shape = [x.shape[0]] + [1] * (x.ndim - 1)
+    mask = paddle.floor(keep_prob + paddle.rand(mask_shape, dtype=x.dtype))
+    return x / keep_prob * mask
+
+
+class DropPath(nn.Layer):
+    """Layer around `drop_path` ("DropPath" is timm's name for stochastic depth per sample)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        return drop_path(x, self.drop_prob, self.training)
+
+    def extra_repr(self):
+        return f'drop_prob={self.drop_prob:.3f}'
+
+
+class QuickGELU(nn.Layer):
+    """x * sigmoid(1.702 x): the MLP activation of the official CvT (not exact GELU)."""
+
+    def forward(self, x):
+        return x * F.sigmoid(1.702 * x)
+
+
+class Mlp(nn.Layer):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = QuickGELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        x = self.drop(self.act(self.fc1(x)))
+        return self.drop(self.fc2(x))
+
+
+class ConvProjection(nn.Layer):
+    """Depthwise conv + BatchNorm ('dw_bn'), mapping a (B, C, H, W) map to (B, H'*W', C) tokens."""
+
+    def __init__(self, dim: int, kernel_size: int, stride: int, padding: int):
+        super().__init__()
+        self.conv = nn.Conv2D(dim, dim, kernel_size, stride=stride, padding=padding, groups=dim, bias_attr=False)
+        self.bn = nn.BatchNorm2D(dim)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)).flatten(2).transpose([0, 2, 1])  # (B, H'*W', C)
+
+
+class Attention(nn.Layer):
+    """Multi-head attention whose q/k/v come from convolutional projections of the token map."""
+
+    def __init__(self, dim_in: int, dim_out: int, num_heads: int, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, kernel_size: int = 3,
+                 stride_q: int = 1, stride_kv: int = 2, padding_q: int = 1, padding_kv: int = 1,
+                 with_cls_token: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim_out // num_heads
+        # The official code scales by the stage width, not the head width; kept for weight parity.
+        self.scale = dim_out ** -0.5
+        self.with_cls_token = with_cls_token
+        self.conv_proj_q = ConvProjection(dim_in, kernel_size, stride_q, padding_q)
+        self.conv_proj_k = ConvProjection(dim_in, kernel_size, stride_kv, padding_kv)
+        self.conv_proj_v = ConvProjection(dim_in, kernel_size, stride_kv, padding_kv)
+        self.proj_q = nn.Linear(dim_in, dim_out, bias_attr=None if qkv_bias else False)
+        self.proj_k = nn.Linear(dim_in, dim_out, bias_attr=None if qkv_bias else False)
+        self.proj_v = nn.Linear(dim_in, dim_out, bias_attr=None if qkv_bias else False)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim_out, dim_out)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _split_heads(self, x):
+        return x.reshape([0, 0, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])  # (B, heads, T, d)
+
+    def forward(self, x, h: int, w: int):
+        if self.with_cls_token:
+            cls_token, x = x[:, :1], x[:, 1:]
+        x = x.transpose([0, 2, 1]).reshape([0, 0, h, w])  # (B, C, H, W)
+        q, k, v = self.conv_proj_q(x), self.conv_proj_k(x), self.conv_proj_v(x)
+        if self.with_cls_token:  # the cls token bypasses the convolutional projection
+            q = paddle.concat([cls_token, q], axis=1)
+            k = paddle.concat([cls_token, k], axis=1)
+            v = paddle.concat([cls_token, v], axis=1)
+        q = self._split_heads(self.proj_q(q))
+        k = self._split_heads(self.proj_k(k))
+        v = self._split_heads(self.proj_v(v))
+        attn = F.softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1)
+        x = paddle.matmul(self.attn_drop(attn), v)  # (B, heads, T, d)
+        x = x.transpose([0, 2, 1, 3]).flatten(2)  # (B, T, C)
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Layer):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0, **attn_kwargs):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.attn = Attention(dim, dim, num_heads, attn_drop=attn_drop, proj_drop=drop, **attn_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(self, x, h: int, w: int):
+        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ConvEmbed(nn.Layer):
+    """Overlapping strided conv that turns a (B, C, H, W) map into the next stage's tokens, then LayerNorm."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, stride: int, padding: int):
+        super().__init__()
+        self.proj = nn.Conv2D(in_chans, embed_dim, patch_size, stride=stride, padding=padding)
+        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-5)
+
+    def forward(self, x):
+        x = self.proj(x)
+        h, w = x.shape[2], x.shape[3]
+        return self.norm(x.flatten(2).transpose([0, 2, 1])), h, w  # (B, H*W, C)
+
+
+class Stage(nn.Layer):
+    """One CvT stage: conv token embedding, optional cls token, `depth` blocks; no position embedding."""
+
+    def __init__(self, in_chans: int, embed_dim: int, depth: int, num_heads: int, patch_size: int,
+                 patch_stride: int, patch_padding: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 with_cls_token: bool = False, kernel_size: int = 3, stride_q: int = 1, stride_kv: int = 2,
+                 padding_q: int = 1, padding_kv: int = 1):
+        super().__init__()
+        self.patch_embed = ConvEmbed(in_chans, embed_dim, patch_size, patch_stride, patch_padding)
+        if with_cls_token:
+            self.cls_token = self.create_parameter([1, 1, embed_dim])
+            _trunc_normal(self.cls_token)
+        else:
+            self.cls_token = None
+        self.pos_drop = nn.Dropout(drop_rate)
+        rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]  # linspace(0, rate, depth)
+        self.blocks = nn.LayerList([
+            Block(embed_dim, num_heads, mlp_ratio, drop_rate, attn_drop_rate, rate, qkv_bias=qkv_bias,
+                  kernel_size=kernel_size, stride_q=stride_q, stride_kv=stride_kv, padding_q=padding_q,
+                  padding_kv=padding_kv, with_cls_token=with_cls_token)
+            for rate in rates
+        ])
+
+    def forward(self, x):
+        x, h, w = self.patch_embed(x)
+        cls_token = None
+        if self.cls_token is not None:
+            x = paddle.concat([self.cls_token.expand([x.shape[0], -1, -1]), x], axis=1)
+        x = self.pos_drop(x)
+        for block in self.blocks:
+            x = block(x, h, w)
+        if self.cls_token is not None:
+            cls_token, x = x[:, :1], x[:, 1:]
+        x = x.transpose([0, 2, 1]).reshape([0, 0, h, w])  # (B, C, H, W)
+        return x, cls_token
+
+
+class ConvolutionalVisionTransformer(nn.Layer):
+    """CvT: stages `stage0..stage{n-1}`, then LayerNorm on the cls token (or mean token) and a Linear head."""
+
+    def __init__(self, depths: Sequence[int] = (1, 2, 10), dims: Sequence[int] = (64, 192, 384),
+                 heads: Sequence[int] = (1, 3, 6), drop_path_rates: Sequence[float] = (0.0, 0.0, 0.1),
+                 num_classes: int = 1000, in_chans: int = 3, patch_sizes: Sequence[int] = (7, 3, 3),
+                 patch_strides: Sequence[int] = (4, 2, 2), patch_paddings: Sequence[int] = (2, 1, 1),
+                 cls_tokens: Sequence[bool] = (False, False, True), mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = None):
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_stages = len(depths)
+        if drop_path_rate is not None:  # one number overrides the last stage's rate, as the official specs vary it
+            drop_path_rates = tuple(drop_path_rates[:-1]) + (drop_path_rate,)
+        for i in range(self.num_stages):
+            stage = Stage(in_chans, dims[i], depths[i], heads[i], patch_sizes[i], patch_strides[i],
+                          patch_paddings[i], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate,
+                          attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rates[i],
+                          with_cls_token=cls_tokens[i])
+            setattr(self, f'stage{i}', stage)
+            in_chans = dims[i]
+        self.num_features = dims[-1]
+        self.use_cls_token = cls_tokens[-1]
+        self.norm = nn.LayerNorm(dims[-1], epsilon=1e-5)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(layer):
+        if isinstance(layer, nn.Linear):
+            _trunc_normal(layer.weight)
+            if layer.bias is not None:
+                nn.initializer.Constant(0.0)(layer.bias)
+        elif isinstance(layer, (nn.LayerNorm, nn.BatchNorm2D)):
+            nn.initializer.Constant(1.0)(layer.weight)
+            nn.initializer.Constant(0.0)(layer.bias)
+        elif isinstance(layer, nn.Conv2D):
+            _torch_default_conv_init(layer)
+
+    def no_weight_decay_names(self):
+        """Parameters excluded from weight decay by name: the cls tokens (biases and norms go by rule)."""
+        return {f'stage{i}.cls_token' for i in range(self.num_stages)}
+
+    def forward_features(self, x):
+        cls_token = None
+        for i in range(self.num_stages):
+            x, cls_token = getattr(self, f'stage{i}')(x)
+        if self.use_cls_token:
+            return self.norm(cls_token).squeeze(1)  # (B, C); squeeze(1) keeps batch size 1 intact
+        return self.norm(x.flatten(2).transpose([0, 2, 1])).mean(axis=1)
+
+    def forward_head(self, x):
+        return self.head(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def _cfg(size: int, **kwargs) -> dict:
+    """Preprocessing and evaluation protocol of a variant: 224 resizes to 256 and centre-crops
+    (crop_pct .875); the official 384 models resize straight to 384x384 with no crop."""
+    cfg = dict(input_size=(3, size, size), interpolation='bicubic', mean=IMAGENET_MEAN, std=IMAGENET_STD,
+               num_classes=1000, crop_pct=0.875 if size == 224 else 1.0,
+               crop_mode='center' if size == 224 else 'squash')
+    cfg.update(kwargs)
+    return cfg
+
+
+# What differs between the families; everything else is a ConvolutionalVisionTransformer default.
+_ARCH = {
+    'cvt_13': dict(depths=(1, 2, 10), dims=(64, 192, 384), heads=(1, 3, 6), drop_path_rates=(0.0, 0.0, 0.1)),
+    'cvt_21': dict(depths=(1, 4, 16), dims=(64, 192, 384), heads=(1, 3, 6), drop_path_rates=(0.0, 0.0, 0.1)),
+    'cvt_w24': dict(depths=(2, 2, 20), dims=(192, 768, 1024), heads=(3, 12, 16), drop_path_rates=(0.0, 0.0, 0.3)),
+    'cvt_tiny': dict(depths=(1, 1, 1), dims=(16, 32, 64), heads=(1, 2, 4), drop_path_rates=(0.0, 0.0, 0.1)),
+}
+
+
+def _build(arch: str, **overrides) -> ConvolutionalVisionTransformer:
+    return ConvolutionalVisionTransformer(**dict(_ARCH[arch], **overrides))
+
+
+@register_model(_cfg(224))
+def cvt_13_224x224(**kwargs):
+    return _build('cvt_13', **kwargs)
+
+
+@register_model(_cfg(384))
+def cvt_13_384x384(**kwargs):
+    return _build('cvt_13', **kwargs)
+
+
+@register_model(_cfg(224))
+def cvt_21_224x224(**kwargs):
+    return _build('cvt_21', **kwargs)
+
+
+@register_model(_cfg(384))
+def cvt_21_384x384(**kwargs):
+    return _build('cvt_21', **kwargs)
+
+
+@register_model(_cfg(384))
+def cvt_w24_384x384(**kwargs):
+    return _build('cvt_w24', **kwargs)
+
+
+@register_model(_cfg(64, crop_pct=0.875, crop_mode='center'))
+def cvt_tiny(**kwargs):
+    """A micro CvT from the same code, for tests, demos and CPU experiments (64x64 input)."""
+    return _build('cvt_tiny', **kwargs)

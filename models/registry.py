@@ -1,0 +1,45 @@
+"""Name -> constructor registry for the model zoo, with each variant's default cfg attached."""
+import difflib
+from typing import Callable, Dict, List, Optional
+
+_MODELS: Dict[str, Callable] = {}
+_CFGS: Dict[str, dict] = {}
+
+
+def register_model(default_cfg: dict) -> Callable:
+    """Register the decorated constructor under its function name, with its default cfg
+    (input_size, crop_pct, crop_mode, interpolation, mean, std, num_classes)."""
+    def wrap(fn: Callable) -> Callable:
+        _MODELS[fn.__name__] = fn
+        _CFGS[fn.__name__] = dict(default_cfg, architecture=fn.__name__)
+        return fn
+    return wrap
+
+
+def list_models() -> List[str]:
+    return sorted(_MODELS)
+
+
+def _check_name(name: str) -> None:
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, _MODELS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ''
+        raise ValueError(f"unknown model '{name}'{hint}; available: {', '.join(list_models())}")
+
+
+def get_model_cfg(name: str) -> dict:
+    """The variant's default cfg: preprocessing and evaluation protocol travel with the name."""
+    _check_name(name)
+    return dict(_CFGS[name])
+
+
+def create_model(name: str, pretrained: Optional[str] = None, **overrides):
+    """Build a registered model; `overrides` (num_classes, drop_path_rate, drop_rate, ...) go to
+    the constructor, `pretrained` (path, URL or known tag) is loaded strictly."""
+    _check_name(name)
+    model = _MODELS[name](**overrides)
+    model.default_cfg = dict(_CFGS[name], num_classes=model.num_classes)
+    if pretrained:
+        from utils.weights import load_weights
+        load_weights(model, pretrained)
+    return model

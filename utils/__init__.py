@@ -1,0 +1,1 @@
+"""Shared helpers for the CvT-Paddle scripts: environment, weights, config, logging."""

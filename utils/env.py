@@ -1,0 +1,24 @@
+"""Process environment: CPU thread count (set before paddle is imported) and seeding."""
+import os
+import random
+
+
+def configure_cpu_threads() -> int:
+    """Set OMP_NUM_THREADS to the CPU count unless the user chose a value.
+
+    `import paddle` forces OMP_NUM_THREADS=1 when it is unset, which makes every CPU op
+    single-threaded, so this must run before the first paddle import.
+    """
+    if not os.environ.get('OMP_NUM_THREADS'):
+        os.environ['OMP_NUM_THREADS'] = str(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+                                            else os.cpu_count() or 1)
+    return int(os.environ['OMP_NUM_THREADS'])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and paddle RNGs."""
+    import numpy as np
+    import paddle
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
