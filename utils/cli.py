@@ -1,0 +1,26 @@
+"""Entry-point plumbing shared by the scripts: one-line errors unless --debug."""
+import sys
+from typing import Callable, Optional, Sequence
+
+# Errors a user can cause with input (missing files, bad YAML, wrong checkpoints, unknown names).
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> None:
+    """Run `main(argv)`; a user error becomes `error: <message>` on stderr and exit status 1.
+
+    `--debug` anywhere in argv shows the full traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = main(argv)
+    except USER_ERRORS as e:
+        if '--debug' in argv:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f'error: {message}', file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
