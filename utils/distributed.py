@@ -1,0 +1,59 @@
+"""Process-group helpers: init, rank and world size, all-reduce and barrier (no-ops in one process).
+
+Multi-process runs start through `python -m paddle.distributed.launch --nproc_per_node N train.py ...`,
+which sets PADDLE_TRAINERS_NUM / PADDLE_TRAINER_ID for every worker (NCCL on GPU, gloo on CPU).
+"""
+import os
+from typing import Tuple
+
+import paddle
+import paddle.distributed as dist
+
+
+def get_world_size() -> int:
+    """Number of processes in the job; 1 when not launched distributed."""
+    return max(dist.get_world_size(), 1)
+
+
+def get_rank() -> int:
+    """This process's global rank; 0 when not launched distributed."""
+    return max(dist.get_rank(), 0)
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def init_distributed() -> Tuple[int, int]:
+    """Join the process group when launched with several workers; returns (rank, world_size)."""
+    launched = int(os.environ.get('PADDLE_TRAINERS_NUM', '1')) > 1 or get_world_size() > 1
+    if launched and not dist.is_initialized():
+        dist.init_parallel_env()
+    return get_rank(), get_world_size()
+
+
+def all_reduce_sum(tensor: paddle.Tensor) -> paddle.Tensor:
+    """Sum `tensor` over all processes, in place; returns it."""
+    if get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean(tensor: paddle.Tensor) -> paddle.Tensor:
+    """Average a floating-point `tensor` over all processes, in place; returns it."""
+    world_size = get_world_size()
+    if world_size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.scale_(1.0 / world_size)
+    return tensor
+
+
+def barrier() -> None:
+    """Wait until every process reaches this point."""
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def unwrap_model(model: paddle.nn.Layer) -> paddle.nn.Layer:
+    """The bare model inside a `paddle.DataParallel` wrapper (state-dict names without `_layers.`)."""
+    return model._layers if isinstance(model, paddle.DataParallel) else model

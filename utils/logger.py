@@ -1,0 +1,65 @@
+"""Logging for library and scripts: rank-0 console + `train.log`, and the JSON-lines epoch log."""
+import json
+import logging
+import os
+import sys
+from numbers import Number
+from typing import Any, Optional
+
+ROOT_NAME = 'cvt'
+_FORMAT = '[%(asctime)s %(levelname)s] %(message)s'
+_DATEFMT = '%m/%d %H:%M:%S'
+
+
+def get_logger(name: Optional[str] = None) -> logging.Logger:
+    """The project logger, or a named child of it (library modules pass `__name__`).
+
+    Children propagate to the handlers `setup_logger` attaches, so library code never prints itself.
+    """
+    return logging.getLogger(ROOT_NAME if not name else f'{ROOT_NAME}.{name}')
+
+
+def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = ROOT_NAME) -> logging.Logger:
+    """Rank 0 logs INFO to stdout and appends to `output_dir/train.log`; other ranks log WARNING+ to stdout.
+
+    Calling it again replaces the handlers it attached before, so lines are never doubled.
+    """
+    logger = logging.getLogger(name)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logger.propagate = False  # the root logger's handlers would print every line twice
+    formatter = logging.Formatter(_FORMAT, datefmt=_DATEFMT)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(formatter)
+    logger.addHandler(console)
+    if output_dir and rank == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        file_handler = logging.FileHandler(os.path.join(output_dir, 'train.log'), mode='a', encoding='utf-8')
+        file_handler.setFormatter(formatter)
+        logger.addHandler(file_handler)
+    return logger
+
+
+def _to_builtin(value: Any):
+    """JSON fallback for numpy scalars and one-element tensors/arrays."""
+    if hasattr(value, 'item'):
+        return value.item()
+    if isinstance(value, Number):
+        return float(value)
+    raise TypeError(f'log_json: value of type {type(value).__name__} is not JSON serialisable')
+
+
+def log_json(path: str, record: dict) -> None:
+    """Append `record` as one JSON line to `path` (rank 0 only), flushed so a crash loses nothing."""
+    from .distributed import is_main_process  # deferred: importing paddle here would precede configure_cpu_threads
+    if not is_main_process():
+        return
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    line = json.dumps(record, default=_to_builtin)
+    with open(path, 'a', encoding='utf-8') as f:
+        f.write(line + '\n')
+        f.flush()
