@@ -1,0 +1,64 @@
+"""Convert CvT weights from any public source (official .pth, Hugging Face, PaddleClas) to a .pdparams file.
+
+    python tools/convert_weights.py CvT-13-224x224-IN-1k.pth weights/cvt_13_224x224.pdparams --model cvt_13_224x224
+    python tools/convert_weights.py cvt_13_384x384.hf_in22k weights/cvt_13_384_22k.pdparams --model cvt_13_384x384
+
+SRC is a path, an http(s) URL or a known tag (utils/weights.py PRETRAINED_URLS). The result is
+verified by loading it strictly into the named model before it is written; no torch is needed.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.env import configure_cpu_threads  # noqa: E402
+
+configure_cpu_threads()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+
+from models import create_model  # noqa: E402
+from utils.weights import load_weights, save_state_dict  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('src', help='weight file, http(s) URL or known tag')
+    parser.add_argument('dst', help='output .pdparams path')
+    parser.add_argument('--model', required=True, help='registered model name, e.g. cvt_13_224x224')
+    parser.add_argument('--num_classes', type=int, default=None,
+                        help="classifier size of the checkpoint (default: the model's, 1000)")
+    parser.add_argument('--key', default=None, help="checkpoint entry to convert, e.g. 'model_ema'")
+    parser.add_argument('--debug', action='store_true', help='full traceback on errors')
+    return parser.parse_args(argv)
+
+
+def convert(args: argparse.Namespace) -> dict:
+    overrides = {} if args.num_classes is None else {'num_classes': args.num_classes}
+    model = create_model(args.model, **overrides)
+    report = load_weights(model, args.src, key=args.key)
+    save_state_dict(model.state_dict(), args.dst)
+    n_params = sum(int(p.size) for p in model.parameters())
+    return dict(src=args.src, dst=args.dst, model=args.model, format=report['format'],
+                tensors=report['loaded'], params=n_params)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format='%(message)s')
+    try:
+        summary = convert(args)
+    except (ValueError, KeyError, OSError) as err:
+        if args.debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f'error: {message}', file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
