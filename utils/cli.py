@@ -3,7 +3,8 @@ import sys
 from typing import Callable, Optional, Sequence
 
 # Errors a user can cause with input (missing files, bad YAML, wrong checkpoints, unknown names).
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IsADirectoryError, NotADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IsADirectoryError, NotADirectoryError, PermissionError,
+               ConnectionError)
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> None:

@@ -1,6 +1,7 @@
 """Process environment: CPU thread count (set before paddle is imported) and seeding."""
 import os
 import random
+import warnings
 
 
 def configure_cpu_threads() -> int:
@@ -9,6 +10,8 @@ def configure_cpu_threads() -> int:
     `import paddle` forces OMP_NUM_THREADS=1 when it is unset, which makes every CPU op
     single-threaded, so this must run before the first paddle import.
     """
+    # Paddle warns at import about a C++ build cache that only matters for custom operators.
+    warnings.filterwarnings('ignore', message='No ccache found')
     if not os.environ.get('OMP_NUM_THREADS'):
         os.environ['OMP_NUM_THREADS'] = str(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
                                             else os.cpu_count() or 1)

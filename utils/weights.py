@@ -272,13 +272,16 @@ def _as_dtype_of(array: np.ndarray, param):
 
 
 def load_weights(model: paddle.nn.Layer, source: str, *, key: Optional[str] = None, skip: Sequence[str] = (),
-                 strict: bool = True, cache_dir: Optional[str] = None, sha256: Optional[str] = None) -> dict:
+                 skip_if_mismatched: Sequence[str] = (), strict: bool = True, cache_dir: Optional[str] = None,
+                 sha256: Optional[str] = None) -> dict:
     """Load weights from a path, an http(s) URL or a known tag into `model`, checking every name and shape.
 
     Args:
         key: checkpoint entry to load (e.g. 'model_ema'); see `read_state_dict`.
         skip: name prefixes left at their initial values (e.g. ('head.',) to fine-tune to another
             class count); each skipped key is logged.
+        skip_if_mismatched: prefixes skipped only when some key under them differs in shape from the
+            model (fine-tuning: re-initialise the head only when the class count changes).
         strict: raise on missing or unexpected keys (shape mismatches always raise).
 
     Returns:
@@ -291,7 +294,9 @@ def load_weights(model: paddle.nn.Layer, source: str, *, key: Optional[str] = No
         weights, fmt = _convert(state_dict, expected.keys())
     except ValueError as err:  # conversion errors name keys; add the file
         raise ValueError(f'{path}: {err}') from None
-    skip = tuple(skip)
+    mismatched_prefixes = [p for p in skip_if_mismatched if any(
+        k.startswith(p) and k in expected and tuple(v.shape) != tuple(expected[k].shape) for k, v in weights.items())]
+    skip = tuple(skip) + tuple(mismatched_prefixes)
     skipped = [k for k in dict.fromkeys([*expected, *weights]) if k.startswith(skip)]
     kept = {k for k in {*expected, *weights} if not k.startswith(skip)}
     for name in skipped:

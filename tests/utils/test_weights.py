@@ -284,3 +284,20 @@ def test_convert_weights_cli(source, images, tmp_path):
     assert failed.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'nope.pth'}: no such file, nor an http(s) URL or a known weights tag "
         f"({known}, optionally '.<source>')")
+
+
+def test_skip_if_mismatched_reinitialises_only_a_different_head(tmp_path):
+    import paddle
+    from models import create_model
+    from utils.weights import load_weights, save_state_dict
+    paddle.seed(0)
+    src = create_model('cvt_tiny', num_classes=10)
+    path = str(tmp_path / 'w.pdparams')
+    save_state_dict(src.state_dict(), path)
+    same = create_model('cvt_tiny', num_classes=10)
+    assert load_weights(same, path, skip_if_mismatched=('head.',))['skipped'] == []
+    assert paddle.equal_all(same.head.weight, src.head.weight)
+    other = create_model('cvt_tiny', num_classes=3)
+    report = load_weights(other, path, skip_if_mismatched=('head.',))
+    assert sorted(report['skipped']) == ['head.bias', 'head.weight']
+    assert paddle.equal_all(other.norm.weight, src.norm.weight)
