@@ -75,8 +75,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--num_workers', type=int, default=6, help='data loader worker processes per GPU')
     add_bool(g, 'use_shared_memory', True,
              'pass batches from loader workers through shared memory (turn off when /dev/shm is small)')
-    g.add_argument('--bad_image_policy', default='error', choices=('skip', 'error'),
-                   help='an unreadable image: stop naming its path, or log it and load another sample')
+    g.add_argument('--bad_image_policy', default='skip', choices=('skip', 'error'),
+                   help='an unreadable image: log its path and load another sample (counted per epoch), '
+                        'or stop naming it')
 
     g = parser.add_argument_group('model')
     g.add_argument('--model', default='cvt_13_224x224', help='registered model name (models.list_models())')
@@ -85,7 +86,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--finetune', default=None, metavar='WEIGHTS',
                    help='weights to start a new run from; the head is re-initialised when its shape differs '
                         'from --num_classes; optimizer state and epoch are not taken over')
-    g.add_argument('--num_classes', type=int, default=None, help="classifier outputs (default: the model's)")
+    g.add_argument('--num_classes', type=int, default=None,
+                   help='classifier outputs (default: the number of classes in the training data)')
 
     g = parser.add_argument_group('optimizer')
     g.add_argument('--opt', default='adamw', choices=('adamw', 'sgd'), help='optimizer')
@@ -161,7 +163,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group(
         'distributed', 'launch with: python -m paddle.distributed.launch --gpus 0,1,2,3 train.py ...; '
                        'world size and rank come from the launcher, --batch_size is per process')
-    g.add_argument('--seed', type=int, default=0, help='base random seed; each rank adds its rank')
+    g.add_argument('--seed', type=int, default=0, help='random seed: model init uses it on every rank; data and dropout mix in the rank')
 
     g = parser.add_argument_group('checkpoint/output')
     g.add_argument('--output', default='output', metavar='DIR', help='runs root; a run writes to OUTPUT/EXPERIMENT')

@@ -57,3 +57,16 @@ def barrier() -> None:
 def unwrap_model(model: paddle.nn.Layer) -> paddle.nn.Layer:
     """The bare model inside a `paddle.DataParallel` wrapper (state-dict names without `_layers.`)."""
     return model._layers if isinstance(model, paddle.DataParallel) else model
+
+
+def weights_agree_across_ranks(model: paddle.nn.Layer) -> Tuple[bool, float]:
+    """(every rank holds the same weights, this rank's checksum): a float64 sum of |w| over the model."""
+    total = paddle.zeros([], dtype='float64')
+    for value in unwrap_model(model).state_dict().values():
+        total += value.astype('float64').abs().sum()
+    if get_world_size() == 1:
+        return True, float(total)
+    gathered = []
+    dist.all_gather(gathered, total)
+    values = [float(t.reshape([])) for t in gathered]
+    return max(values) == min(values), float(total)

@@ -63,3 +63,18 @@ def log_json(path: str, record: dict) -> None:
     with open(path, 'a', encoding='utf-8') as f:
         f.write(line + '\n')
         f.flush()
+
+
+def truncate_json_log(path: str, from_epoch: int) -> None:
+    """Drop the lines of epochs >= `from_epoch` (a resumed run logs them again), atomically."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding='utf-8') as f:
+        lines = f.readlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get('epoch', -1) < from_epoch]
+    if len(kept) == len(lines):
+        return
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        f.writelines(kept)
+    os.replace(tmp, path)

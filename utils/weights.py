@@ -7,7 +7,6 @@ repo's own state dicts and training checkpoints. Nothing here needs torch; pickl
 import logging
 import os
 import re
-import tempfile
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -324,19 +323,5 @@ def load_weights(model: paddle.nn.Layer, source: str, *, key: Optional[str] = No
 
 def save_state_dict(state_dict: dict, path: str) -> None:
     """Write {name: Tensor or array} as a `.pdparams` file atomically (temp file + rename)."""
-    arrays = {}
-    for name, value in state_dict.items():
-        if isinstance(value, paddle.Tensor):
-            # numpy has no bfloat16: Paddle would hand back raw uint16 bits, so widen first.
-            value = (value.astype('float32') if value.dtype == paddle.bfloat16 else value).numpy()
-        arrays[name] = np.asarray(value)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path), suffix='.tmp')
-    os.close(fd)
-    try:
-        paddle.save(arrays, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from .checkpoint import save_checkpoint
+    save_checkpoint(dict(state_dict), path)

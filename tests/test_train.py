@@ -1,0 +1,187 @@
+"""train.py end to end: learning on real digits, run files, auto-resume after SIGKILL, 2-process data
+parallel, AMP code path, non-finite steps, the official LR curve from the shipped config."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+import train
+from engine import NonFiniteLossError, TrainState, train_one_epoch
+from utils.checkpoint import load_training_state
+from utils.config import build_train_parser, parse_args
+from utils.scheduler import CosineScheduler, scale_lr
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip('sklearn', reason='the digits dataset comes from scikit-learn (requirements-dev.txt)')
+from tools.make_demo_dataset import write_digits_dataset  # noqa: E402
+
+# No random augmentation unless a test asks for it: runs compare weights.
+PLAIN = ['--model', 'cvt_tiny', '--input_size', '32', '--crop_pct', '1', '--aa', 'none', '--reprob', '0',
+         '--mixup', '0', '--cutmix', '0', '--smoothing', '0', '--hflip', '0', '--scale', '1', '1',
+         '--ratio', '1', '1', '--drop_path', '0', '--no_amp', '--num_workers', '0', '--print_freq', '1',
+         '--warmup_epochs', '1', '--save_freq', '0']
+
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    out = tmp_path_factory.mktemp('digits')
+    write_digits_dataset(str(out), image_size=32, per_class=40)
+    return out
+
+
+def _train(data, out, *flags):
+    return train.main([str(data), '--output', str(out), '--experiment', 'run', *PLAIN, *flags])
+
+
+def _final_weights(run_dir):
+    return load_training_state(str(run_dir / 'checkpoint-latest.pd'))['model']
+
+
+def _log(run_dir):
+    return [json.loads(line) for line in (run_dir / 'log.txt').read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_learns_digits_and_writes_the_run_files(digits, tmp_path):
+    assert _train(digits, tmp_path, '--epochs', '6', '--batch_size', '16', '--lr', '2e-3', '--model_ema',
+                  '--model_ema_decay', '0.9', '--save_freq', '3', '--keep_checkpoints', '1') == 0
+    run = tmp_path / 'run'
+    records = _log(run)
+    assert [r['epoch'] for r in records] == list(range(6))
+    assert records[-1]['test_acc1'] > 60.0  # chance is 10%
+    assert records[-1]['test_num_images'] == 80
+    assert records[-1]['best_acc1'] == max(r['test_acc1'] for r in records)
+    assert 'test_ema_acc1' in records[-1] and records[0]['train_loss'] > records[-1]['train_loss']
+    files = sorted(p.name for p in run.iterdir())
+    assert files == ['args.yaml', 'checkpoint-6.pd', 'checkpoint-best-ema.pd', 'checkpoint-best.pd',
+                     'checkpoint-latest.pd', 'log.txt', 'train.log']
+    assert 'Epoch: [5]' in (run / 'train.log').read_text()
+    state = load_training_state(str(run / 'checkpoint-latest.pd'))
+    assert (state['epoch'], state['step_in_epoch'], state['global_step']) == (6, 0, 6 * 20)
+    assert any(k.startswith('stage2.blocks.0.attn.proj_q.weight@') for k in state['optimizer'])
+    resolved = parse_args(build_train_parser(), ['--config', str(run / 'args.yaml')])
+    assert resolved.lr == 2e-3 and resolved.num_classes == 10 and resolved.model_ema
+
+
+def _run_script(args, log_path, env=None):
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=open(log_path, 'w'), stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_weights(digits, tmp_path):
+    # Random augmentation, mixup and drop path on: the resumed run must redraw exactly the same.
+    flags = [str(digits), '--output', str(tmp_path), *PLAIN, '--aa', 'rand-m9-mstd0.5-inc1', '--reprob', '0.25',
+             '--mixup', '0.8', '--cutmix', '1.0', '--smoothing', '0.1', '--drop_path', '0.1', '--hflip', '0.5',
+             '--scale', '0.5', '1', '--epochs', '2', '--batch_size', '16', '--lr', '1e-3', '--save_every_steps', '1',
+             '--sched_on_updates']
+    assert train.main([*flags, '--experiment', 'straight']) == 0
+    proc = _run_script(['train.py', *flags, '--experiment', 'killed'], tmp_path / 'first.log')
+    log = tmp_path / 'killed' / 'train.log'
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and 'Epoch: [1]  [ 5/20]' in log.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 'done:' not in log.read_text(), 'the run finished before it could be killed'
+    interrupted = load_training_state(str(tmp_path / 'killed' / 'checkpoint-latest.pd'))
+    assert interrupted['epoch'] == 1 and interrupted['step_in_epoch'] > 0
+    second = _run_script(['train.py', *flags, '--experiment', 'killed'], tmp_path / 'second.log')
+    assert second.wait(timeout=300) == 0, (tmp_path / 'second.log').read_text()[-2000:]
+    assert 'resumed from' in (tmp_path / 'second.log').read_text()
+    straight, resumed = _final_weights(tmp_path / 'straight'), _final_weights(tmp_path / 'killed')
+    for name in straight:
+        np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+    assert [r['epoch'] for r in _log(tmp_path / 'killed')] == [0, 1]  # no duplicated epoch lines
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_equals_one_process_with_the_same_global_batch(tmp_path):
+    # Every image identical (labels differ): BatchNorm's per-rank batch statistics then equal the global
+    # ones (no SyncBatchNorm kernel on CPU), so any difference comes from the data-parallel machinery.
+    data = tmp_path / 'same'
+    write_digits_dataset(str(data), image_size=32, per_class=4, num_classes=4, val_fraction=0.25)
+    one = next((data / 'train' / 'digit_0').iterdir()).read_bytes()
+    for image in (data / 'train').rglob('*.png'):
+        image.write_bytes(one)
+    # SGD: its update is linear in the gradient. Adam's first steps move every weight by ~lr * sign(grad), so
+    # float rounding of near-zero gradients (summed over ranks vs over one batch) would flip whole steps.
+    sgd = ['--opt', 'sgd', '--lr', '0.05', '--weight_decay', '0.05', '--epochs', '3']
+    flags = [str(data), '--output', str(tmp_path), *PLAIN, *sgd]
+    env = {k: v for k, v in os.environ.items() if k != 'CUDA_VISIBLE_DEVICES'}  # a set (even empty) value means GPU jobs
+    proc = subprocess.run([sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2',
+                           '--log_dir', str(tmp_path / 'launch'), 'train.py', *flags, '--batch_size', '4',
+                           '--experiment', 'dp'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    logs = ''.join(p.read_text() for p in sorted((tmp_path / 'launch').glob('workerlog.*')))
+    assert proc.returncode == 0, logs[-3000:]
+    assert _train(data, tmp_path, *sgd, '--batch_size', '8') == 0
+    dp, single = _final_weights(tmp_path / 'dp'), _final_weights(tmp_path / 'run')
+    assert json.loads((tmp_path / 'dp' / 'log.txt').read_text().splitlines()[-1])['test_num_images'] == 4
+    for name in single:
+        np.testing.assert_allclose(dp[name], single[name], atol=1e-5, err_msg=name)
+    assert 'global batch 8' in logs
+    assert 'identical on all 2 ranks' in logs  # rank 1 saves nothing; train.py compares its weights
+
+
+@pytest.mark.parametrize('amp', [['--amp', '--amp_dtype', 'float16'], ['--amp', '--amp_dtype', 'bfloat16',
+                                                                        '--amp_level', 'O2']])
+def test_amp_code_path_runs_on_cpu(digits, tmp_path, amp):
+    assert _train(digits, tmp_path, '--epochs', '1', '--batch_size', '32', '--lr', '1e-3', *amp) == 0
+    assert _log(tmp_path / 'run')[0]['test_num_images'] == 80
+
+
+def test_bad_yaml_key_and_missing_data_fail_clearly(tmp_path):
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text('weight_decy: 0.1\n')
+    with pytest.raises(ValueError, match=r"unknown key 'weight_decy' \(did you mean 'weight_decay'\?\)"):
+        train.main([str(tmp_path), '--config', str(cfg)])
+    with pytest.raises(FileNotFoundError, match='does-not-exist: data directory not found'):
+        train.main([str(tmp_path / 'does-not-exist'), '--output', str(tmp_path)])
+
+
+class _Loader:
+    """Two batches of noise, shaped like build_loader's output."""
+
+    class batch_sampler:  # noqa: N801
+        num_batches = 2
+
+    def __iter__(self):
+        return iter([(paddle.randn([2, 3, 32, 32]), paddle.to_tensor([0, 1])) for _ in range(2)])
+
+    def __len__(self):
+        return 2
+
+
+def test_non_finite_losses_skip_steps_then_stop():
+    from models import create_model
+    from utils.optim import build_optimizer
+    model = create_model('cvt_tiny', num_classes=2)
+    before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    optimizer = build_optimizer(model, lr=1e-3)
+    nan_loss = lambda output, target: output.mean() * float('nan')  # noqa: E731
+    state = TrainState()
+    with pytest.raises(NonFiniteLossError, match='2 consecutive steps had a non-finite loss'):
+        train_one_epoch(model, nan_loss, _Loader(), optimizer, CosineScheduler(1e-3, 10), state, max_bad_steps=2)
+    for k, v in model.state_dict().items():
+        if not k.endswith(('_mean', '_variance')):  # BN running stats move in the forward pass
+            np.testing.assert_array_equal(v.numpy(), before[k], err_msg=k)
+    assert state.global_step == 0
+
+
+def test_official_cvt13_lr_curve_from_the_shipped_config():
+    args = parse_args(build_train_parser(), ['--config', str(ROOT / 'configs/train/cvt/cvt_13_224x224.yaml')])
+    lr = scale_lr(args.base_lr, args.base_batch_size, args.batch_size * 8)  # 8 GPUs x 256 = 2048
+    sched = CosineScheduler(lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr)
+    expected = {0: 1e-6, 1: 4.008e-4, 2: 8.006e-4, 3: 1.2004e-3, 4: 1.6002e-3,
+                5: 1e-5 + 0.5 * (2e-3 - 1e-5) * (1 + np.cos(np.pi * 5 / 300)),
+                150: 1.005e-3, 299: 1e-5 + 0.5 * (2e-3 - 1e-5) * (1 + np.cos(np.pi * 299 / 300))}
+    for epoch, value in expected.items():
+        assert abs(sched.lr_at(epoch, step=123) - value) < 1e-9, epoch  # constant within the epoch
+    assert abs(sched.lr_at(299) - 1.0055e-5) < 1e-9

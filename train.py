@@ -1,0 +1,226 @@
+"""Train or fine-tune CvT.
+
+    python train.py /data/imagenet --config configs/train/cvt/cvt_13_224x224.yaml
+    python -m paddle.distributed.launch --gpus 0,1,2,3 train.py /data/imagenet --config ...
+
+A run writes to OUTPUT/EXPERIMENT: args.yaml, train.log, log.txt (one JSON line per epoch) and
+checkpoint-latest/best/best-ema/<epoch>.pd; re-running the same command resumes from checkpoint-latest.
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from utils.env import configure_cpu_threads  # noqa: E402
+
+configure_cpu_threads()
+
+import paddle  # noqa: E402
+
+from datasets.imagenet import build_dataset  # noqa: E402
+from datasets.loader import build_loader  # noqa: E402
+from datasets.mixup import Mixup  # noqa: E402
+from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
+from engine import AmpConfig, NonFiniteLossError, TrainState, train_one_epoch  # noqa: E402
+from models import create_model  # noqa: E402
+from utils.checkpoint import (BEST, BEST_EMA, CheckpointManager, load_optimizer_state,  # noqa: E402
+                              load_training_state, optimizer_state_by_name)
+from utils.cli import run_main  # noqa: E402
+from utils.config import build_train_parser, dump_config, parse_args  # noqa: E402
+from utils.distributed import init_distributed, unwrap_model, weights_agree_across_ranks  # noqa: E402
+from utils.ema import ModelEma  # noqa: E402
+from utils.env import seed_everything  # noqa: E402
+from utils.evaluation import evaluate  # noqa: E402
+from utils.logger import log_json, setup_logger, truncate_json_log  # noqa: E402
+from utils.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
+from utils.optim import build_optimizer  # noqa: E402
+from utils.scheduler import CosineScheduler, scale_lr  # noqa: E402
+from utils.weights import load_weights  # noqa: E402
+
+
+def run_dir_of(args) -> str:
+    name = args.experiment or (os.path.splitext(os.path.basename(args.config))[0] if args.config else args.model)
+    return os.path.join(args.output, name)
+
+
+def build_data(args, model_cfg, train_set, rank: int, world_size: int):
+    """Train and val loaders; the eval transform is the model's registered eval protocol."""
+    data_cfg = resolve_data_cfg(model_cfg, input_size=args.input_size, interpolation=args.interpolation,
+                                crop_pct=args.crop_pct)
+    train_set.transform = build_transform(True, **data_cfg, aa=args.aa, reprob=args.reprob, remode=args.remode,
+                                          recount=args.recount, hflip=args.hflip, vflip=args.vflip,
+                                          color_jitter=args.color_jitter, scale=tuple(args.scale),
+                                          ratio=tuple(args.ratio))
+    val_set = build_dataset(args.data_dir, 'val', build_transform(False, **data_cfg),
+                            list_file=args.cls_label_path_val, num_classes=args.num_classes,
+                            bad_image_policy=args.bad_image_policy)
+    common = dict(num_replicas=world_size, rank=rank, seed=args.seed, num_workers=args.num_workers,
+                  use_shared_memory=args.use_shared_memory)
+    train_loader = build_loader(train_set, args.batch_size, is_train=True, repeated_aug=args.repeated_aug, **common)
+    val_loader = build_loader(val_set, args.batch_size, is_train=False, **common)
+    return data_cfg, train_loader, val_loader
+
+
+def build_criterion(args, mixup):
+    if mixup is not None:
+        return SoftTargetCrossEntropy()  # mixup already smoothed the targets
+    if args.smoothing > 0:
+        return LabelSmoothingCrossEntropy(args.smoothing)
+    return paddle.nn.CrossEntropyLoss()
+
+
+def main(argv=None) -> int:
+    args = parse_args(build_train_parser(), argv)
+    if not args.data_dir:
+        raise ValueError('train.py: expected DATA_DIR (a folder with train/ and val/), found none')
+    rank, world_size = init_distributed()
+    run_dir = run_dir_of(args)
+    logger = setup_logger(run_dir, rank)
+    ckpts = CheckpointManager(run_dir, keep=args.keep_checkpoints)
+
+    # The same seed on every rank before the model is built: all ranks start from the same weights.
+    seed_everything(args.seed)
+    train_set = build_dataset(args.data_dir, 'train', None, list_file=args.cls_label_path_train,
+                              num_classes=args.num_classes, bad_image_policy=args.bad_image_policy)
+    if args.num_classes is None:
+        args.num_classes = train_set.num_classes
+        logger.info('num_classes=%d, from the training data', args.num_classes)
+    overrides = {k: v for k, v in dict(num_classes=args.num_classes, drop_path_rate=args.drop_path,
+                                       drop_rate=args.drop).items() if v is not None}
+    model = create_model(args.model, pretrained=args.pretrained, **overrides)
+    args.num_classes = model.num_classes
+    if args.finetune:
+        load_weights(model, args.finetune, skip_if_mismatched=('head.',))
+    n_params = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
+    logger.info('model %s: %d trainable parameters, %d classes', args.model, n_params, model.num_classes)
+
+    data_cfg, train_loader, val_loader = build_data(args, model.default_cfg, train_set, rank, world_size)
+    global_batch = args.batch_size * world_size * args.update_freq
+    if args.lr is None:
+        args.lr = scale_lr(args.base_lr, args.base_batch_size, global_batch)
+        logger.info('lr %.6g = base_lr %.3g x global batch %d / %d', args.lr, args.base_lr, global_batch,
+                    args.base_batch_size)
+    if rank == 0:
+        dump_config(args, os.path.join(run_dir, 'args.yaml'))
+
+    mixup = None
+    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+        mixup = Mixup(args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob, args.mixup_switch_prob,
+                      args.mixup_mode, args.smoothing, model.num_classes, seed=args.seed)
+    criterion = build_criterion(args, mixup)
+    optimizer = build_optimizer(model, args.opt, args.lr, args.weight_decay, tuple(args.opt_betas), args.opt_eps,
+                                args.momentum, args.clip_grad, args.clip_mode)
+    steps_per_epoch = train_loader.batch_sampler.num_batches
+    scheduler = CosineScheduler(args.lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr,
+                                per_step=args.sched_on_updates,
+                                steps_per_epoch=max(steps_per_epoch // args.update_freq, 1))
+    amp = AmpConfig(args.amp, args.amp_dtype, args.amp_level)
+    scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 16) if amp.enable and amp.dtype == 'float16' else None
+    if amp.enable and amp.level == 'O2':
+        model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level='O2', dtype=amp.dtype,
+                                               master_weight=True,
+                                               excluded_layers=[paddle.nn.LayerNorm, paddle.nn.BatchNorm2D])
+    model_ema = ModelEma(model, args.model_ema_decay) if args.model_ema else None
+
+    state = TrainState()
+    best = {'acc1': 0.0, 'ema_acc1': 0.0}
+    resume_path = args.resume or (ckpts.latest() if args.auto_resume else None)
+    if resume_path:
+        ckpt = load_training_state(resume_path)
+        load_weights(model, resume_path, key='model')
+        load_optimizer_state(optimizer, model, ckpt['optimizer'])
+        if scaler is not None and ckpt.get('scaler'):
+            scaler.load_state_dict(ckpt['scaler'])
+        if model_ema is not None and ckpt.get('model_ema') is not None:
+            model_ema.set_state_dict({k: paddle.to_tensor(v) for k, v in ckpt['model_ema'].items()})
+        state = TrainState(epoch=int(ckpt['epoch']), step_in_epoch=int(ckpt['step_in_epoch']),
+                           global_step=int(ckpt['global_step']))
+        best.update(ckpt.get('best', {}))
+        if rank == 0:
+            truncate_json_log(os.path.join(run_dir, 'log.txt'), state.epoch)
+        logger.info('resumed from %s at epoch %d step %d', resume_path, state.epoch, state.step_in_epoch)
+
+    if world_size > 1:
+        model = paddle.DataParallel(model)
+    wandb_run = _init_wandb(args, run_dir) if args.log_wandb and rank == 0 else None
+
+    def checkpoint_state():
+        return {'model': unwrap_model(model).state_dict(), 'optimizer': optimizer_state_by_name(optimizer, model),
+                'scaler': scaler.state_dict() if scaler is not None else {},
+                'model_ema': model_ema.state_dict() if model_ema is not None else None,
+                'epoch': state.epoch, 'step_in_epoch': state.step_in_epoch, 'global_step': state.global_step,
+                'best': dict(best), 'seed': args.seed, 'args': vars(args)}
+
+    def on_update(s: TrainState):
+        if args.save_every_steps and s.global_step % args.save_every_steps == 0 and rank == 0:
+            ckpts.save_latest(checkpoint_state())
+
+    logger.info('training %s for %d epochs: %d steps/epoch, global batch %d, data %s', args.model, args.epochs,
+                steps_per_epoch, global_batch, data_cfg)
+    while state.epoch < args.epochs:
+        epoch = state.epoch
+        train_loader.batch_sampler.set_epoch(epoch)
+        train_loader.batch_sampler.set_start_batch(state.step_in_epoch)
+        if mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            mixup.mixup_enabled = False
+        start = time.time()
+        try:
+            train_stats = train_one_epoch(model, criterion, train_loader, optimizer, scheduler, state,
+                                          seed=args.seed, rank=rank, amp=amp, scaler=scaler, mixup=mixup,
+                                          update_freq=args.update_freq, model_ema=model_ema,
+                                          max_bad_steps=args.max_bad_steps, print_freq=args.print_freq,
+                                          on_update=on_update)
+        except NonFiniteLossError as e:
+            logger.error(str(e))
+            return 2
+        record = {'epoch': epoch, 'train_lr': train_stats.get('lr'), 'train_loss': train_stats.get('loss'),
+                  'train_images_per_s': train_loader.batch_sampler.num_batches * args.batch_size * world_size
+                  / (time.time() - start),
+                  'bad_images_replaced': train_set.num_replaced, 'n_parameters': n_params}
+        if (epoch + 1) % args.eval_freq == 0 or state.epoch == args.epochs:
+            record.update({f'test_{k}': v for k, v in evaluate(unwrap_model(model), val_loader, amp.enable).items()})
+            best['acc1'] = max(best['acc1'], record['test_acc1'])
+            record['best_acc1'] = best['acc1']
+            if model_ema is not None:
+                ema_stats = evaluate(model_ema.module, val_loader, amp.enable)
+                record.update({f'test_ema_{k}': v for k, v in ema_stats.items()})
+                best['ema_acc1'] = max(best['ema_acc1'], ema_stats['acc1'])
+                record['best_ema_acc1'] = best['ema_acc1']
+            logger.info('* epoch %d  Acc@1 %.3f  Acc@5 %.3f  loss %.4f  best Acc@1 %.3f', epoch,
+                        record['test_acc1'], record['test_acc5'], record['test_loss'], best['acc1'])
+        if rank == 0:
+            log_json(os.path.join(run_dir, 'log.txt'), record)
+            ckpts.save_latest(checkpoint_state())
+            if record.get('test_acc1') == best['acc1'] and 'test_acc1' in record:
+                ckpts.copy_latest(BEST)
+            if model_ema is not None and record.get('test_ema_acc1') == best['ema_acc1']:
+                ckpts.copy_latest(BEST_EMA)
+            if args.save_freq and state.epoch % args.save_freq == 0:
+                ckpts.save_numbered(state.epoch)
+            if wandb_run is not None:
+                wandb_run.log(record, step=epoch)
+    if world_size > 1:
+        agree, checksum = weights_agree_across_ranks(model)
+        if not agree:
+            logger.error('ranks ended with different weights (checksum %r on rank %d)', checksum, rank)
+            return 3
+        logger.info('weights checksum %r identical on all %d ranks', checksum, world_size)
+    logger.info('done: best Acc@1 %.3f; files in %s', best['acc1'], run_dir)
+    if wandb_run is not None:
+        wandb_run.finish()
+    return 0
+
+
+def _init_wandb(args, run_dir: str):
+    try:
+        import wandb
+    except ImportError as e:
+        raise ValueError('--log_wandb needs the wandb package: pip install wandb') from e
+    # One wandb run per run directory, so a resumed run continues the same curves.
+    run_id = os.path.basename(os.path.abspath(run_dir)).replace('/', '_')
+    return wandb.init(project=args.wandb_project, name=os.path.basename(run_dir), id=run_id, resume='allow',
+                      dir=run_dir, config=vars(args))
+
+
+if __name__ == '__main__':
+    run_main(main)

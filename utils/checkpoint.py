@@ -1,0 +1,158 @@
+"""Training checkpoints: atomic writes, latest/best/numbered files, and optimizer state by parameter name.
+
+A checkpoint is one `paddle.save` pickle of numpy arrays and plain values, read back with the restricted
+unpickler of `utils.torch_pickle`. Paddle keys optimizer state by auto-generated tensor names
+(`linear_3.w_0_moment1_0`) that change with construction order; here it is stored by structured
+parameter name (`stage2.blocks.0.attn.proj_q.weight@moment1_0`), so a checkpoint resumes into any
+freshly built model of the same architecture.
+"""
+import glob
+import os
+import re
+import shutil
+import tempfile
+from typing import Any, Dict, Optional
+
+import numpy as np
+import paddle
+
+from .distributed import unwrap_model
+from .logger import get_logger
+from .torch_pickle import load_checkpoint as read_pickle
+
+_logger = get_logger(__name__)
+
+LATEST = 'checkpoint-latest.pd'
+BEST = 'checkpoint-best.pd'
+BEST_EMA = 'checkpoint-best-ema.pd'
+_SEP = '@'
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def to_numpy(obj: Any) -> Any:
+    """Tensors -> numpy arrays (bfloat16 widened to float32, which numpy lacks), recursively."""
+    if isinstance(obj, paddle.Tensor):
+        return (obj.astype('float32') if obj.dtype == paddle.bfloat16 else obj).numpy()
+    if isinstance(obj, dict):
+        return {k: to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_numpy(v) for v in obj)
+    return obj
+
+
+def _tensor_names(model) -> Dict[str, str]:
+    """Paddle tensor name -> structured name, for parameters and buffers."""
+    model = unwrap_model(model)
+    return {p.name: n for n, p in model.named_parameters()}
+
+
+def optimizer_state_by_name(optimizer: paddle.optimizer.Optimizer, model) -> Dict[str, Any]:
+    """The optimizer's state dict with every tensor-name key rewritten to `structured@accumulator`."""
+    names = _tensor_names(model)
+    # Longest first, so 'linear_1.w_0' never claims 'linear_11.w_0_moment1_0'.
+    prefixes = sorted(names, key=len, reverse=True)
+    out: Dict[str, Any] = {}
+    for key, value in optimizer.state_dict().items():
+        if key == 'master_weights':
+            out[key] = {names[k]: v for k, v in value.items()}
+            continue
+        owner = next((p for p in prefixes if key.startswith(p + '_')), None)
+        out[f'{names[owner]}{_SEP}{key[len(owner) + 1:]}' if owner else key] = value
+    return to_numpy(out)
+
+
+def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Dict[str, Any]) -> None:
+    """Inverse of `optimizer_state_by_name` for this model's current tensor names."""
+    by_structured = {n: t for t, n in _tensor_names(model).items()}
+    restored: Dict[str, Any] = {}
+    for key, value in state.items():
+        if key == 'master_weights':
+            restored[key] = {by_structured[k]: paddle.to_tensor(v) for k, v in value.items()}
+            continue
+        if _SEP in key:
+            name, accumulator = key.split(_SEP, 1)
+            if name not in by_structured:
+                raise KeyError(f"optimizer state names parameter '{name}', which this model does not have")
+            key = f'{by_structured[name]}_{accumulator}'
+        restored[key] = paddle.to_tensor(value) if isinstance(value, np.ndarray) else value
+    optimizer.set_state_dict(restored)
+
+
+def save_checkpoint(state: Dict[str, Any], path: str) -> None:
+    """Write `state` atomically: a crash mid-write leaves the previous file intact."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path), suffix='.tmp')
+    os.close(fd)
+    try:
+        paddle.save(to_numpy(state), tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_training_state(path: str) -> Dict[str, Any]:
+    """Read a training checkpoint written by `save_checkpoint` (restricted unpickler, no code runs)."""
+    state = read_pickle(path)
+    if not isinstance(state, dict) or 'model' not in state or 'epoch' not in state:
+        raise ValueError(f'{path}: not a training checkpoint of this repo (expected model, optimizer and epoch '
+                         f'entries); to start from weights only use --finetune or --pretrained')
+    return state
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Make `dst` a copy of `src` atomically (hard link when the filesystem allows, else a copy)."""
+    tmp = dst + '.tmp'
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+class CheckpointManager:
+    """The files of one run directory: `checkpoint-latest.pd`, `checkpoint-best.pd`,
+    `checkpoint-best-ema.pd` and numbered `checkpoint-<epoch>.pd`, keeping the newest `keep`."""
+
+    def __init__(self, output_dir: str, keep: int = 3):
+        self.output_dir = output_dir
+        self.keep = keep
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.output_dir, name)
+
+    def latest(self) -> Optional[str]:
+        path = self.path(LATEST)
+        return path if os.path.isfile(path) else None
+
+    def save_latest(self, state: Dict[str, Any]) -> str:
+        save_checkpoint(state, self.path(LATEST))
+        return self.path(LATEST)
+
+    def copy_latest(self, name: str) -> str:
+        """Store the latest checkpoint also as `name` (best, best-ema)."""
+        _link_or_copy(self.path(LATEST), self.path(name))
+        return self.path(name)
+
+    def save_numbered(self, epoch: int) -> str:
+        """`checkpoint-<epoch>.pd` from the latest, then drop the oldest beyond `keep` (0 keeps all)."""
+        path = self.copy_latest(f'checkpoint-{epoch}.pd')
+        numbered = sorted(glob.glob(self.path('checkpoint-*.pd')), key=_epoch_of)
+        numbered = [p for p in numbered if _epoch_of(p) >= 0]
+        if self.keep > 0:
+            for old in numbered[:-self.keep]:
+                os.remove(old)
+                _logger.info('removed old checkpoint %s', old)
+        return path
+
+
+def _epoch_of(path: str) -> int:
+    match = re.fullmatch(r'checkpoint-(\d+)\.pd', os.path.basename(path))
+    return int(match.group(1)) if match else -1
