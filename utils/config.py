@@ -24,7 +24,7 @@ def optional_str(value: str) -> Optional[str]:
     return None if value.strip().lower() in ('', 'none', 'null') else value
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Append '(default: X)' unless the help already explains the default, X is None (unset),
     or the flag is a `--no_name` twin whose `--name` already shows it."""
 
@@ -53,7 +53,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 def build_train_parser() -> argparse.ArgumentParser:
     """The train.py flags, grouped; defaults follow the official cvt-13-224x224 recipe on 8 GPUs."""
     parser = argparse.ArgumentParser(
-        prog='train.py', formatter_class=_HelpFormatter, allow_abbrev=False,
+        prog='train.py', formatter_class=HelpFormatter, allow_abbrev=False,
         description='Train or fine-tune CvT. Recipes: configs/train/cvt/*.yaml.')
     add_config_args(parser)
 

@@ -1,0 +1,74 @@
+"""Evaluate a CvT checkpoint on an ImageNet-style split: top-1/top-5 and loss over every image.
+
+    python eval.py DATA_DIR --model cvt_13_224x224 --pretrained cvt_13_224x224
+    python -m paddle.distributed.launch --nproc_per_node 8 eval.py DATA_DIR --model ... --resume CKPT
+"""
+from utils.env import configure_cpu_threads
+
+configure_cpu_threads()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from typing import Optional, Sequence  # noqa: E402
+
+from datasets.imagenet import build_dataset  # noqa: E402
+from datasets.loader import build_loader  # noqa: E402
+from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
+from utils.cli import run_main  # noqa: E402
+from utils.distributed import init_distributed, is_main_process  # noqa: E402
+from utils.evaluation import evaluate  # noqa: E402
+from utils.inference import add_weight_args, check_amp, load_model, script_parser, write_json  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = script_parser('eval.py', __doc__)
+    data = parser.add_argument_group('data')
+    data.add_argument('data_dir', help='dataset root: class folders in DATA_DIR/val, or the root a list file refers to')
+    data.add_argument('--cls_label_path_val', metavar='FILE',
+                      help="list of 'relative/path label' lines (default: class folders in DATA_DIR/val)")
+    data.add_argument('--batch_size', type=int, default=256, help='images per process and step')
+    data.add_argument('--num_workers', type=int, default=4, help='data loader worker processes per process')
+    protocol = parser.add_argument_group('eval protocol (default: the variant\'s registered one)')
+    protocol.add_argument('--input_size', type=int, metavar='PX', help='square input side')
+    protocol.add_argument('--crop_pct', type=float, help='resize to input_size / crop_pct, then centre-crop')
+    protocol.add_argument('--crop_mode', choices=('center', 'squash'),
+                          help="'center': keep aspect ratio; 'squash': resize both sides")
+    protocol.add_argument('--interpolation', choices=('nearest', 'bilinear', 'bicubic'), help='resize filter')
+    add_weight_args(parser)
+    run = parser.add_argument_group('run')
+    run.add_argument('--amp', action='store_true', help='autocast to fp16 (CUDA only)')
+    run.add_argument('--output_json', metavar='FILE', help='also write the result here')
+    run.add_argument('--debug', action='store_true', help='full traceback on errors')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_amp(args.amp)
+    rank, world_size = init_distributed()
+    model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
+    data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size, crop_pct=args.crop_pct,
+                                crop_mode=args.crop_mode, interpolation=args.interpolation)
+    dataset = build_dataset(args.data_dir, 'val', build_transform(is_train=False, **data_cfg),
+                            list_file=args.cls_label_path_val, num_classes=model.num_classes,
+                            bad_image_policy='error')  # a skipped image would change the score
+    loader = build_loader(dataset, args.batch_size, is_train=False, num_replicas=world_size, rank=rank,
+                          num_workers=args.num_workers)
+    stats = evaluate(model, loader, amp=args.amp)
+    if not is_main_process():
+        return 0
+    result = dict(model=args.model, weights=args.resume or args.pretrained, use_ema=args.use_ema,
+                  acc1=round(stats['acc1'], 3), acc5=round(stats['acc5'], 3), loss=round(stats['loss'], 5),
+                  num_images=stats['num_images'], img_size=data_cfg['input_size'][-1],
+                  crop_pct=data_cfg['crop_pct'], crop_mode=data_cfg['crop_mode'],
+                  interpolation=data_cfg['interpolation'])
+    print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.3f} "
+          f"({stats['num_images']} images)")
+    if args.output_json:
+        write_json(args.output_json, result)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == '__main__':
+    run_main(main)

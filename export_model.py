@@ -1,0 +1,53 @@
+"""Export a CvT model for Paddle Inference (and optionally ONNX), with its preprocessing and labels.
+
+    python export_model.py --model cvt_13_224x224 --pretrained cvt_13_224x224 --output inference/cvt_13 --onnx
+    python infer.py --model_dir inference/cvt_13 --input_file demo/
+"""
+from utils.env import configure_cpu_threads
+
+configure_cpu_threads()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from typing import Optional, Sequence  # noqa: E402
+
+from datasets.transforms import resolve_data_cfg  # noqa: E402
+from utils.cli import run_main  # noqa: E402
+from utils.deploy import check_onnx_export_available, check_output_dir, export_inference_model  # noqa: E402
+from utils.inference import add_weight_args, label_names_for, load_model, script_parser  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = script_parser('export_model.py', __doc__)
+    add_weight_args(parser)
+    out = parser.add_argument_group('export')
+    out.add_argument('--output', required=True, metavar='DIR',
+                     help='folder for inference.json/.pdmodel, inference.pdiparams, inference.yml (replaced whole)')
+    out.add_argument('--input_size', type=int, metavar='PX', help="square input side (default: the variant's)")
+    out.add_argument('--batch_size', type=int, default=-1, help='fixed batch size of the graph; -1: any')
+    out.add_argument('--with_softmax', action='store_true', help='put softmax in the graph (outputs probabilities)')
+    out.add_argument('--label_list', metavar='FILE',
+                     help="'id name' lines stored in inference.yml (default: the repo's ImageNet list "
+                          "when num_classes is 1000)")
+    out.add_argument('--onnx', action='store_true', help='also write model.onnx with paddle2onnx')
+    parser.add_argument('--debug', action='store_true', help='full traceback on errors')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_output_dir(args.output)
+    if args.onnx:
+        check_onnx_export_available()
+    model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
+    data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size)
+    label_names = label_names_for(model.num_classes, args.label_list)
+    files = export_inference_model(model, args.output, args.model, data_cfg, batch_size=args.batch_size,
+                                   with_softmax=args.with_softmax, label_names=label_names, onnx=args.onnx)
+    print(json.dumps({'output': args.output, 'files': files, 'model': args.model,
+                      'num_classes': model.num_classes, 'input_size': list(data_cfg['input_size'])}))
+    return 0
+
+
+if __name__ == '__main__':
+    run_main(main)

@@ -1,0 +1,98 @@
+"""Classify images with an exported model (Paddle Inference or ONNX Runtime); preprocessing and labels
+come from the export folder's inference.yml.
+
+    python infer.py --model_dir inference/cvt_13 --input_file demo/ --benchmark
+"""
+from utils.env import configure_cpu_threads
+
+configure_cpu_threads()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from typing import Optional, Sequence  # noqa: E402
+
+from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
+from utils.cli import run_main  # noqa: E402
+from utils.config import add_bool  # noqa: E402
+from utils.deploy import build_predictor, graph_to_probs, read_inference_cfg  # noqa: E402
+from utils.inference import batches, find_images, preprocess, script_parser, topk_results, write_json  # noqa: E402
+
+WARMUP_RUNS = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = script_parser('infer.py', __doc__)
+    io = parser.add_argument_group('model and inputs')
+    io.add_argument('--model_dir', required=True, metavar='DIR', help='export_model.py output folder')
+    io.add_argument('--model_file', metavar='FILE', help='graph file (default: DIR/inference.json or .pdmodel)')
+    io.add_argument('--params_file', metavar='FILE', help='parameters (default: next to the graph, .pdiparams)')
+    io.add_argument('--input_file', nargs='+', required=True, metavar='PATH',
+                    help='image files, folders (searched recursively) or glob patterns')
+    io.add_argument('--batch_size', type=int, default=1, help='images per predictor run')
+    io.add_argument('--topk', type=int, default=5, help='classes reported per image')
+    io.add_argument('--output_json', metavar='FILE', help='also write the results here')
+    prep = parser.add_argument_group('preprocessing overrides (default: inference.yml)')
+    prep.add_argument('--crop_pct', type=float, help='resize to input_size / crop_pct, then centre-crop')
+    prep.add_argument('--crop_mode', choices=('center', 'squash'), help='keep aspect ratio, or resize both sides')
+    prep.add_argument('--interpolation', choices=('nearest', 'bilinear', 'bicubic'), help='resize filter')
+    dev = parser.add_argument_group('predictor')
+    dev.add_argument('--backend', default='paddle', choices=('paddle', 'onnxruntime'),
+                     help='onnxruntime runs DIR/model.onnx (export_model.py --onnx)')
+    dev.add_argument('--use_gpu', action='store_true', help='run on GPU 0 (needs a CUDA build)')
+    add_bool(dev, 'enable_mkldnn', True, 'oneDNN kernels on CPU')
+    dev.add_argument('--cpu_threads', type=int, default=configure_cpu_threads(), help='CPU math threads')
+    dev.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'int8'),
+                     help='fp16 needs --use_gpu, int8 needs --use_tensorrt')
+    dev.add_argument('--use_tensorrt', action='store_true', help='TensorRT subgraphs (GPU build with TensorRT)')
+    add_bool(dev, 'ir_optim', True, 'graph optimisation passes')
+    dev.add_argument('--benchmark', action='store_true',
+                     help='warm up, then report preprocess/inference/postprocess ms per image and images/s')
+    parser.add_argument('--debug', action='store_true', help='full traceback on errors')
+    return parser
+
+
+def _benchmark_line(timings: dict, num_images: int, batch_size: int) -> str:
+    per_image = {stage: 1000.0 * seconds / num_images for stage, seconds in timings.items()}
+    total = sum(timings.values())
+    stages = ', '.join(f'{stage} {ms:.2f} ms' for stage, ms in per_image.items())
+    return f'benchmark: {num_images} images, batch {batch_size}: {stages} per image; {num_images / total:.1f} images/s'
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = read_inference_cfg(args.model_dir)
+    files = find_images(args.input_file)
+    data_cfg = resolve_data_cfg(cfg['preprocess'], crop_pct=args.crop_pct, crop_mode=args.crop_mode,
+                                interpolation=args.interpolation)
+    transform = build_transform(is_train=False, **data_cfg)
+    run = build_predictor(args.model_dir, cfg, args.backend, args.model_file, args.params_file, args.batch_size,
+                          args.use_gpu, args.enable_mkldnn, args.cpu_threads, args.precision, args.use_tensorrt,
+                          args.ir_optim)
+    chunks = batches(files, args.batch_size)
+    if args.benchmark:
+        warmup = preprocess(chunks[0], transform)
+        for _ in range(WARMUP_RUNS):
+            run(warmup)
+    timings = {'preprocess': 0.0, 'inference': 0.0, 'postprocess': 0.0}
+    results = []
+    for chunk in chunks:
+        start = time.perf_counter()
+        batch = preprocess(chunk, transform)
+        loaded = time.perf_counter()
+        output = run(batch)
+        inferred = time.perf_counter()
+        results += topk_results(graph_to_probs(output, cfg), chunk, args.topk, cfg.get('label_names'))
+        timings['preprocess'] += loaded - start
+        timings['inference'] += inferred - loaded
+        timings['postprocess'] += time.perf_counter() - inferred
+    if args.benchmark:
+        print(_benchmark_line(timings, len(files), args.batch_size))
+    print(json.dumps(results, ensure_ascii=False))
+    if args.output_json:
+        write_json(args.output_json, results)
+    return 0
+
+
+if __name__ == '__main__':
+    run_main(main)

@@ -1,0 +1,65 @@
+"""Classify image files with a CvT model in dygraph mode: top-k class ids, scores and label names.
+
+    python predict.py --infer_imgs demo/ photo.jpg 'more/*.png' --model cvt_13_224x224 --pretrained cvt_13_224x224
+"""
+from utils.env import configure_cpu_threads
+
+configure_cpu_threads()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from typing import Optional, Sequence  # noqa: E402
+
+import paddle  # noqa: E402
+import paddle.nn.functional as F  # noqa: E402
+
+from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
+from utils.cli import run_main  # noqa: E402
+from utils.inference import (add_weight_args, batches, check_amp, find_images, label_names_for,  # noqa: E402
+                             load_model, preprocess, script_parser, topk_results, write_json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = script_parser('predict.py', __doc__)
+    inputs = parser.add_argument_group('inputs and outputs')
+    inputs.add_argument('--infer_imgs', nargs='+', required=True, metavar='PATH',
+                        help='image files, folders (searched recursively) or glob patterns')
+    inputs.add_argument('--topk', type=int, default=5, help='classes reported per image')
+    inputs.add_argument('--label_list', metavar='FILE',
+                        help="'id name' lines (default: the repo's ImageNet list when num_classes is 1000)")
+    inputs.add_argument('--batch_size', type=int, default=8, help='images per forward pass')
+    inputs.add_argument('--output_json', metavar='FILE', help='also write the results here')
+    add_weight_args(parser)
+    run = parser.add_argument_group('run')
+    run.add_argument('--amp', action='store_true', help='autocast to fp16 (CUDA only; fp32 by default)')
+    run.add_argument('--debug', action='store_true', help='full traceback on errors')
+    return parser
+
+
+@paddle.no_grad()
+def predict_probs(model: paddle.nn.Layer, batch, amp: bool = False):
+    """Softmax probabilities (N, num_classes) as a float32 numpy array."""
+    with paddle.amp.auto_cast(enable=amp):
+        logits = model(paddle.to_tensor(batch))
+    return F.softmax(logits.astype('float32'), axis=-1).numpy()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_amp(args.amp)
+    files = find_images(args.infer_imgs)
+    model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
+    label_names = label_names_for(model.num_classes, args.label_list)
+    transform = build_transform(is_train=False, **resolve_data_cfg(model.default_cfg))
+    results = []
+    for chunk in batches(files, args.batch_size):
+        probs = predict_probs(model, preprocess(chunk, transform), args.amp)
+        results += topk_results(probs, chunk, args.topk, label_names)
+    print(json.dumps(results, ensure_ascii=False))
+    if args.output_json:
+        write_json(args.output_json, results)
+    return 0
+
+
+if __name__ == '__main__':
+    run_main(main)

@@ -1,0 +1,117 @@
+"""eval.py: metrics equal a direct forward pass over the split, EMA weights, list files, 2-process launch."""
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+from datasets.transforms import build_transform, resolve_data_cfg
+from models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 3
+IMAGES_PER_CLASS = (2, 2, 3)  # 7: an odd count, so 2 ranks hold different numbers of images
+
+
+def _model(seed: int):
+    paddle.seed(seed)
+    return create_model('cvt_tiny', num_classes=NUM_CLASSES)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    rng = np.random.RandomState(0)
+    for label, count in enumerate(IMAGES_PER_CLASS):
+        folder = root / 'val' / f'class_{label}'
+        folder.mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.randint(0, 256, (48 + 9 * i, 70, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f'{i}.png')
+    return root
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    """A training checkpoint whose EMA weights differ from its model weights."""
+    path = tmp_path_factory.mktemp('ckpt') / 'checkpoint.pd'
+    paddle.save({'model': _model(0).state_dict(), 'model_ema': _model(1).state_dict(), 'epoch': 3}, str(path))
+    return path
+
+
+def _expected(checkpoint: Path, key: str, data_dir: Path) -> dict:
+    """Metrics computed by hand: the model on each preprocessed image, no loader, no evaluate()."""
+    model = create_model('cvt_tiny', num_classes=NUM_CLASSES)
+    model.set_state_dict(paddle.load(str(checkpoint))[key])
+    model.eval()
+    transform = build_transform(is_train=False, **resolve_data_cfg(model.default_cfg))
+    files = [(p, label) for label in range(NUM_CLASSES)
+             for p in sorted((data_dir / 'val' / f'class_{label}').iterdir())]
+    batch = np.stack([transform(Image.open(p).convert('RGB')) for p, _ in files])
+    labels = np.array([label for _, label in files])
+    with paddle.no_grad():
+        logits = model(paddle.to_tensor(batch)).numpy().astype(np.float64)
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    return {'acc1': 100.0 * np.mean(logits.argmax(1) == labels), 'acc5': 100.0,  # 3 classes: top-5 is all
+            'loss': -log_probs[np.arange(len(labels)), labels].mean(), 'num_images': len(labels)}
+
+
+def _run_eval(argv, tmp_path):
+    out = tmp_path / 'result.json'
+    main = runpy.run_path(str(ROOT / 'eval.py'))['main']
+    assert main([*map(str, argv), '--num_workers', '0', '--output_json', str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def _assert_matches(result: dict, expected: dict):
+    assert result['num_images'] == expected['num_images']
+    assert result['acc1'] == pytest.approx(expected['acc1'], abs=1e-3)
+    assert result['acc5'] == pytest.approx(expected['acc5'], abs=1e-3)
+    assert result['loss'] == pytest.approx(expected['loss'], abs=1e-4)
+
+
+def test_eval_equals_direct_forward_and_reports_protocol(data_dir, checkpoint, tmp_path, capsys):
+    result = _run_eval([data_dir, '--model', 'cvt_tiny', '--num_classes', NUM_CLASSES, '--resume', checkpoint,
+                        '--batch_size', 3], tmp_path)
+    _assert_matches(result, _expected(checkpoint, 'model', data_dir))
+    assert (result['img_size'], result['crop_pct'], result['crop_mode'], result['interpolation']) == \
+        (64, 0.875, 'center', 'bicubic')
+    printed = capsys.readouterr().out
+    assert f"* Acc@1 {result['acc1']:.3f} Acc@5 100.000" in printed and '(7 images)' in printed
+    assert json.loads(printed.strip().splitlines()[-1]) == result
+
+
+def test_eval_use_ema_loads_ema_weights(data_dir, checkpoint, tmp_path):
+    result = _run_eval([data_dir, '--model', 'cvt_tiny', '--num_classes', NUM_CLASSES, '--resume', checkpoint,
+                        '--use_ema', '--batch_size', 4], tmp_path)
+    expected = _expected(checkpoint, 'model_ema', data_dir)
+    assert expected['loss'] != pytest.approx(_expected(checkpoint, 'model', data_dir)['loss'], abs=1e-4)
+    _assert_matches(result, expected)
+    assert result['use_ema'] is True
+
+
+def test_eval_list_file_and_protocol_override(data_dir, checkpoint, tmp_path):
+    listed = [('val/class_2/0.png', 2), ('val/class_0/1.png', 0), ('val/class_1/0.png', 1)]
+    list_file = tmp_path / 'val_list.txt'
+    list_file.write_text(''.join(f'{p} {label}\n' for p, label in listed))
+    result = _run_eval([data_dir, '--model', 'cvt_tiny', '--num_classes', NUM_CLASSES, '--resume', checkpoint,
+                        '--cls_label_path_val', list_file, '--crop_pct', 1.0, '--crop_mode', 'squash'], tmp_path)
+    assert (result['num_images'], result['crop_pct'], result['crop_mode']) == (3, 1.0, 'squash')
+
+
+@pytest.mark.slow
+def test_eval_two_process_launch_counts_every_image_once(data_dir, checkpoint, tmp_path):
+    out = tmp_path / 'dist.json'
+    cmd = [sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2',
+           '--log_dir', str(tmp_path / 'logs'), 'eval.py', str(data_dir), '--model', 'cvt_tiny',
+           '--num_classes', str(NUM_CLASSES), '--resume', str(checkpoint), '--batch_size', '2',
+           '--num_workers', '0', '--output_json', str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    _assert_matches(json.loads(out.read_text()), _expected(checkpoint, 'model', data_dir))

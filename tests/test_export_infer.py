@@ -1,0 +1,197 @@
+"""export_model.py -> infer.py: folder contents, parity with dygraph (tools/check_export.py) and with
+predict.py, fixed-batch and softmax graphs, atomic replacement, and one-line predictor errors."""
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+import yaml
+from PIL import Image
+
+from datasets.transforms import resolve_data_cfg
+from models import create_model
+from utils import deploy
+from utils.cli import run_main
+from utils.deploy import (build_predictor, check_onnx_export_available, export_inference_model, find_model_files,
+                          read_inference_cfg)
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 3
+LABELS = ['cat', 'dog', 'bird']
+
+
+def _model(seed: int):
+    paddle.seed(seed)
+    model = create_model('cvt_tiny', num_classes=NUM_CLASSES)
+    model.eval()
+    return model
+
+
+def _script_main(path: str):
+    return runpy.run_path(str(ROOT / path))['main']
+
+
+@pytest.fixture(scope='module')
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp('export')
+    paddle.save({'model': _model(0).state_dict()}, str(root / 'checkpoint.pd'))
+    paddle.save({'model': _model(1).state_dict()}, str(root / 'other.pd'))
+    (root / 'labels.txt').write_text(''.join(f'{i} {name}\n' for i, name in enumerate(LABELS)))
+    (root / 'images').mkdir()
+    rng = np.random.RandomState(0)
+    for i, shape in enumerate([(60, 80, 3), (90, 64, 3), (64, 64, 3), (50, 70)]):
+        Image.fromarray(rng.randint(0, 256, shape, dtype=np.uint8)).save(root / 'images' / f'{i}.png')
+    return root
+
+
+@pytest.fixture(scope='module')
+def export_dir(assets):
+    out = assets / 'inference'
+    proc = subprocess.run([sys.executable, 'export_model.py', '--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES),
+                           '--resume', str(assets / 'checkpoint.pd'), '--label_list', str(assets / 'labels.txt'),
+                           '--output', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_export_writes_graph_params_and_resolved_preprocessing(export_dir):
+    model_file, params_file = find_model_files(str(export_dir))
+    paddle3 = int(paddle.__version__.split('.')[0]) >= 3
+    assert os.path.basename(model_file) == ('inference.json' if paddle3 else 'inference.pdmodel')
+    assert os.path.basename(params_file) == 'inference.pdiparams'
+    cfg = yaml.safe_load((export_dir / 'inference.yml').read_text())
+    expected = resolve_data_cfg(create_model('cvt_tiny').default_cfg)
+    assert resolve_data_cfg(cfg['preprocess']) == expected
+    assert (cfg['model'], cfg['num_classes'], cfg['with_softmax'], cfg['label_names']) == \
+        ('cvt_tiny', NUM_CLASSES, False, LABELS)
+    assert not [p for p in os.listdir(export_dir.parent) if p.startswith('.inference.tmp')]
+
+
+def test_check_export_passes_on_real_images(export_dir, assets):
+    proc = subprocess.run([sys.executable, 'tools/check_export.py', '--model_dir', str(export_dir),
+                           '--resume', str(assets / 'checkpoint.pd'), '--images', str(assets / 'images')],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report['paddle']['ok'] and report['paddle']['max_abs_prob_diff'] <= 1e-5
+    assert report['paddle']['topk_mismatches'] == 0 and report['num_images'] == 4
+
+
+def test_check_export_fails_against_other_weights(export_dir, assets, capsys):
+    code = _script_main('tools/check_export.py')(['--model_dir', str(export_dir), '--resume', str(assets / 'other.pd')])
+    assert code == 1
+    assert 'FAIL' in capsys.readouterr().out
+
+
+def test_infer_equals_predict_and_benchmarks(export_dir, assets, tmp_path, capsys):
+    out = tmp_path / 'infer.json'
+    proc = subprocess.run([sys.executable, 'infer.py', '--model_dir', str(export_dir), '--input_file',
+                           str(assets / 'images'), '--batch_size', '3', '--benchmark', '--output_json', str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'benchmark: 4 images, batch 3: preprocess' in proc.stdout and 'images/s' in proc.stdout
+    inferred = json.loads(out.read_text())
+    assert _script_main('predict.py')(['--infer_imgs', str(assets / 'images'), '--model', 'cvt_tiny',
+                                       '--num_classes', str(NUM_CLASSES), '--resume', str(assets / 'checkpoint.pd'),
+                                       '--label_list', str(assets / 'labels.txt')]) == 0
+    predicted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r['file_name'] for r in inferred] == [r['file_name'] for r in predicted]
+    for a, b in zip(inferred, predicted):
+        assert (a['class_ids'], a['label_names']) == (b['class_ids'], b['label_names'])
+        np.testing.assert_allclose(a['scores'], b['scores'], atol=2e-5)  # both rounded to 5 decimals
+
+
+def test_fixed_batch_softmax_graph_pads_the_last_batch(tmp_path):
+    model = _model(2)
+    data_cfg = resolve_data_cfg(model.default_cfg)
+    out = tmp_path / 'fixed'
+    export_inference_model(model, str(out), 'cvt_tiny', data_cfg, batch_size=2, with_softmax=True)
+    cfg = read_inference_cfg(str(out))
+    assert (cfg['batch_size'], cfg['with_softmax'], cfg['label_names']) == (2, True, None)
+    batch = np.random.RandomState(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    probs = build_predictor(str(out), cfg, enable_mkldnn=False)(batch)
+    with paddle.no_grad():
+        expected = paddle.nn.functional.softmax(model(paddle.to_tensor(batch))).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_export_replaces_a_previous_export_only(tmp_path):
+    model = _model(0)
+    data_cfg = resolve_data_cfg(model.default_cfg)
+    out = tmp_path / 'deploy'
+    export_inference_model(model, str(out), 'cvt_tiny', data_cfg)
+    (out / 'stale.txt').write_text('from an older export')
+    export_inference_model(model, str(out), 'cvt_tiny', data_cfg)
+    assert not (out / 'stale.txt').exists()
+    assert sorted(os.listdir(tmp_path)) == ['deploy']  # no staging or retired folders left behind
+    other = tmp_path / 'notes'
+    other.mkdir()
+    (other / 'keep.txt').write_text('user data')
+    with pytest.raises(ValueError, match='holds no inference.yml; refusing to replace it'):
+        export_inference_model(model, str(other), 'cvt_tiny', data_cfg)
+    assert (other / 'keep.txt').exists()
+
+
+def test_failed_export_leaves_the_previous_one_untouched(tmp_path, monkeypatch):
+    model = _model(0)
+    data_cfg = resolve_data_cfg(model.default_cfg)
+    out = tmp_path / 'deploy'
+    export_inference_model(model, str(out), 'cvt_tiny', data_cfg)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail_half_way(model, folder, *args):
+        (Path(folder) / 'inference.json').write_text('half written')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(deploy, '_save_static', fail_half_way)
+    with pytest.raises(OSError, match='disk full'):
+        export_inference_model(model, str(out), 'cvt_tiny', data_cfg, with_softmax=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(os.listdir(tmp_path)) == ['deploy']
+
+
+def test_graph_files_of_paddle_2_are_found(tmp_path):
+    for name in ('inference.pdmodel', 'inference.pdiparams'):
+        (tmp_path / name).write_bytes(b'')
+    assert find_model_files(str(tmp_path)) == (str(tmp_path / 'inference.pdmodel'),
+                                               str(tmp_path / 'inference.pdiparams'))
+
+
+def test_onnx_export_without_paddle2onnx_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'paddle2onnx', None)  # makes `import paddle2onnx` fail
+    with pytest.raises(ValueError, match='--onnx needs paddle2onnx, which is not installed: pip install paddle2onnx'):
+        check_onnx_export_available()
+
+
+def _infer_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(_script_main('infer.py'), argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_infer_model_dir_without_model(export_dir, assets, tmp_path, capsys):
+    images = str(assets / 'images')
+    assert 'inference.yml: not found' in _infer_error(['--model_dir', str(tmp_path), '--input_file', images], capsys)
+    (tmp_path / 'inference.yml').write_text((export_dir / 'inference.yml').read_text())
+    err = _infer_error(['--model_dir', str(tmp_path), '--input_file', images], capsys)
+    assert f'{tmp_path}: no inference.json or inference.pdmodel found' in err
+
+
+@pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason='checks the refusals of a CPU-only Paddle build')
+@pytest.mark.parametrize('flags, expected', [
+    (['--use_gpu'], '--use_gpu: the installed Paddle is a CPU build'),
+    (['--use_tensorrt'], '--use_tensorrt needs --use_gpu'),
+    (['--precision', 'fp16'], '--precision fp16 needs --use_gpu'),
+    (['--precision', 'int8'], '--precision int8 needs --use_tensorrt'),
+])
+def test_infer_refuses_what_a_cpu_build_cannot_serve(flags, expected, export_dir, assets, capsys):
+    err = _infer_error(['--model_dir', str(export_dir), '--input_file', str(assets / 'images'), *flags], capsys)
+    assert expected in err

@@ -1,0 +1,156 @@
+"""predict.py: image discovery (folders, any-case extensions, globs, greyscale), the result JSON,
+labels, and one-line errors for bad input."""
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+from datasets.transforms import build_transform, resolve_data_cfg
+from models import create_model
+from models.cvt import ConvolutionalVisionTransformer
+from utils.cli import run_main
+from utils.inference import find_images, label_names_for
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 3
+RESULT_KEYS = ['class_ids', 'scores', 'file_name', 'label_names']
+
+
+@pytest.fixture(scope='module')
+def image_dir(tmp_path_factory):
+    """Mixed-case extensions, a nested folder, a greyscale PNG and a non-image file that must be ignored."""
+    root = tmp_path_factory.mktemp('images')
+    (root / 'nested').mkdir()
+    rng = np.random.RandomState(0)
+    for name, shape in (('a.JPG', (60, 80, 3)), ('b.jpeg', (90, 64, 3)), ('nested/c.PNG', (64, 64, 3)),
+                        ('grey.png', (50, 70))):
+        Image.fromarray(rng.randint(0, 256, shape, dtype=np.uint8)).save(root / name)
+    (root / 'notes.txt').write_text('not an image')
+    return root
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    paddle.seed(0)
+    path = tmp_path_factory.mktemp('ckpt') / 'checkpoint.pd'
+    paddle.save({'model': create_model('cvt_tiny', num_classes=NUM_CLASSES).state_dict()}, str(path))
+    return path
+
+
+@pytest.fixture(scope='module')
+def label_list(tmp_path_factory):
+    path = tmp_path_factory.mktemp('labels') / 'labels.txt'
+    path.write_text('0 cat\n1 dog, puppy\n2 bird\n')
+    return path
+
+
+def _main():
+    return runpy.run_path(str(ROOT / 'predict.py'))['main']
+
+
+def test_find_images_folders_globs_and_explicit_files(image_dir):
+    found = find_images([str(image_dir)])
+    assert [Path(p).name for p in found] == ['a.JPG', 'b.jpeg', 'grey.png', 'c.PNG']
+    assert find_images([str(image_dir / '*.JP*G'), str(image_dir / 'a.JPG')]) == [str(image_dir / 'a.JPG')]
+    assert find_images([str(image_dir / '**' / '*.PNG')]) == [str(image_dir / 'nested' / 'c.PNG')]
+
+
+def test_default_labels_are_imagenet_for_1000_classes_only():
+    names = label_names_for(1000)
+    assert len(names) == 1000 and names[0].startswith('tench')
+    assert label_names_for(NUM_CLASSES) is None
+
+
+def test_predict_folder_prints_and_writes_reference_json(image_dir, checkpoint, label_list, tmp_path):
+    out = tmp_path / 'pred.json'
+    proc = subprocess.run([sys.executable, 'predict.py', '--infer_imgs', str(image_dir), '--model', 'cvt_tiny',
+                           '--num_classes', str(NUM_CLASSES), '--resume', str(checkpoint), '--label_list',
+                           str(label_list), '--batch_size', '3', '--output_json', str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == results
+    assert [Path(r['file_name']).name for r in results] == ['a.JPG', 'b.jpeg', 'grey.png', 'c.PNG']
+    for r in results:
+        assert list(r) == RESULT_KEYS
+        assert sorted(r['class_ids']) == [0, 1, 2]  # top-5 of 3 classes: all of them
+        assert r['scores'] == sorted(r['scores'], reverse=True) and sum(r['scores']) == pytest.approx(1, abs=1e-4)
+        assert r['label_names'] == [['cat', 'dog, puppy', 'bird'][i] for i in r['class_ids']]
+
+
+def test_predict_scores_equal_model_probabilities(image_dir, checkpoint, capsys):
+    grey = image_dir / 'grey.png'
+    assert _main()(['--infer_imgs', str(grey), '--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES),
+                    '--resume', str(checkpoint), '--topk', '2']) == 0
+    (result,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = create_model('cvt_tiny', num_classes=NUM_CLASSES)
+    model.set_state_dict(paddle.load(str(checkpoint))['model'])
+    model.eval()
+    x = build_transform(is_train=False, **resolve_data_cfg(model.default_cfg))(Image.open(grey).convert('RGB'))
+    probs = paddle.nn.functional.softmax(model(paddle.to_tensor(x[None]))).numpy()[0]
+    assert result['class_ids'] == list(np.argsort(-probs)[:2])
+    np.testing.assert_allclose(result['scores'], probs[result['class_ids']], atol=1e-5)
+    assert result['label_names'] == []
+
+
+def _wrong_variant_checkpoint(path: Path) -> Path:
+    # cvt_tiny widths with a deeper last stage: the same names up to stage2.blocks.0, then extra blocks
+    model = ConvolutionalVisionTransformer(depths=(1, 1, 2), dims=(16, 32, 64), heads=(1, 2, 4),
+                                           num_classes=NUM_CLASSES)
+    paddle.save({'model': model.state_dict()}, str(path))
+    return path
+
+
+def _bad_input_argv(case: str, image_dir: Path, checkpoint: Path, tmp_path: Path) -> list:
+    """Good arguments with the one change `case` names (None drops the flag)."""
+    (tmp_path / 'empty').mkdir()
+    flags = {'--infer_imgs': str(image_dir / 'a.JPG'), '--model': 'cvt_tiny', '--num_classes': str(NUM_CLASSES),
+             '--resume': str(checkpoint)}
+    change = {
+        'missing': {'--infer_imgs': str(tmp_path / 'no-such.jpg')},
+        'not_image': {'--infer_imgs': str(image_dir / 'notes.txt')},
+        'empty_dir': {'--infer_imgs': str(tmp_path / 'empty')},
+        'no_weights': {'--resume': None},
+        'unknown_model': {'--model': 'cvt_tinny'},
+        'class_count': {'--num_classes': None},
+        'wrong_variant': {'--resume': str(tmp_path / 'deeper.pd')},
+        'missing_checkpoint': {'--resume': str(tmp_path / 'nothing.pd')},
+    }[case]
+    if case == 'wrong_variant':
+        _wrong_variant_checkpoint(tmp_path / 'deeper.pd')
+    flags.update(change)
+    return [item for flag, value in flags.items() if value is not None for item in (flag, value)]
+
+
+@pytest.mark.parametrize('case, expected', [
+    ('missing', 'no-such.jpg: no such file or folder'),
+    ('not_image', 'notes.txt: not a readable image'),
+    ('empty_dir', 'empty: folder has no images'),
+    ('no_weights', 'no weights given: pass --resume CKPT'),
+    ('unknown_model', "unknown model 'cvt_tinny' (did you mean 'cvt_tiny'?)"),
+    ('class_count', "'head.weight' has shape [64, 3], expected [64, 1000]"),
+    ('wrong_variant', 'stage2.blocks.1'),
+    ('missing_checkpoint', 'nothing.pd: no such file'),
+])
+def test_bad_input_gives_one_line_error(case, expected, image_dir, checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(_main(), _bad_input_argv(case, image_dir, checkpoint, tmp_path))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_bad_input_from_the_command_line_exits_1_without_traceback(tmp_path):
+    cmd = [sys.executable, 'predict.py', '--infer_imgs', str(tmp_path / 'none.png'), '--model', 'cvt_tiny']
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert f'error: {tmp_path / "none.png"}: no such file or folder' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    debug = subprocess.run(cmd + ['--debug'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert debug.returncode != 0 and 'Traceback' in debug.stderr

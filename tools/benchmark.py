@@ -1,0 +1,211 @@
+"""CPU inference speed of a CvT variant: batch-1 latency and large-batch images/s for dygraph, Paddle
+Inference (oneDNN off/on), ONNX Runtime and, as the same-run reference, Hugging Face's PyTorch CvT.
+
+    python tools/benchmark.py --threads 2 --torch_python /tmp/torchref/bin/python
+
+Random weights (speed does not depend on them), fixed batches of random pixels, warm-up runs, then
+the median of timed runs. Each backend runs in its own process with OMP_NUM_THREADS set to
+--threads, so no backend inherits another's thread pools or caches.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # `python tools/benchmark.py`
+
+BACKENDS = ('dygraph', 'paddle_inference', 'paddle_inference_onednn', 'onnxruntime', 'torch_hf_eager')
+REFERENCE = 'torch_hf_eager'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='benchmark.py', description=' '.join(__doc__.split('\n\n')[0].split()),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--model', default='cvt_13_224x224', help='registered model name')
+    parser.add_argument('--threads', type=int, default=2, help='CPU threads for every backend')
+    parser.add_argument('--batch_sizes', type=int, nargs='+', default=[1, 32], help='fixed batch sizes timed')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed runs per batch size')
+    parser.add_argument('--iters', type=int, default=5, help='timed runs per batch size (median reported)')
+    parser.add_argument('--backends', nargs='+', default=list(BACKENDS), choices=BACKENDS, metavar='NAME',
+                        help=f'what to time, of: {", ".join(BACKENDS)}')
+    parser.add_argument('--torch_python', metavar='PYTHON',
+                        help='python of an environment with torch + transformers, for the reference row; '
+                             'None: this python')
+    parser.add_argument('--output_json', metavar='FILE', help='also write the measurements here')
+    parser.add_argument('--debug', action='store_true', help='full traceback on errors')
+    parser.add_argument('--worker', choices=BACKENDS, help=argparse.SUPPRESS)  # internal: time one backend
+    parser.add_argument('--worker_args', help=argparse.SUPPRESS)
+    return parser
+
+
+def median_seconds(fn: Callable[[], object], warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---- workers: each runs in a fresh process and prints {batch_size: median seconds} as JSON ----
+
+def _paddle_runner(backend: str, spec: dict, batch_size: int) -> Callable[[], object]:
+    import numpy as np
+    x = np.random.RandomState(0).standard_normal([batch_size] + spec['input_size']).astype(np.float32)
+    if backend == 'dygraph':
+        import paddle
+        from models import create_model
+        paddle.seed(0)
+        model = create_model(spec['model'])
+        model.eval()
+        tensor = paddle.to_tensor(x)
+
+        def run():
+            with paddle.no_grad():
+                return model(tensor).numpy()
+        return run
+    from utils.deploy import build_predictor, read_inference_cfg
+    cfg = read_inference_cfg(spec['model_dir'])
+    name = 'onnxruntime' if backend == 'onnxruntime' else 'paddle'
+    predictor = build_predictor(spec['model_dir'], cfg, name, max_batch_size=batch_size,
+                                enable_mkldnn=backend == 'paddle_inference_onednn', cpu_threads=spec['threads'])
+    return lambda: predictor(x)
+
+
+def _torch_runner(spec: dict, batch_size: int) -> Callable[[], object]:
+    import torch
+    from transformers import CvtConfig, CvtForImageClassification
+    torch.set_num_threads(spec['threads'])
+    torch.manual_seed(0)
+    config = CvtConfig(depth=spec['depths'], embed_dim=spec['dims'], num_heads=spec['heads'],
+                       num_labels=spec['num_classes'])
+    model = CvtForImageClassification(config).eval()
+    x = torch.randn([batch_size] + spec['input_size'])
+
+    def run():
+        with torch.inference_mode():
+            return model(pixel_values=x).logits
+    return run
+
+
+def run_worker(backend: str, spec: dict, batch_sizes: Sequence[int], warmup: int, iters: int) -> Dict[int, float]:
+    results = {}
+    for batch_size in batch_sizes:
+        runner = _torch_runner(spec, batch_size) if backend == REFERENCE else _paddle_runner(backend, spec, batch_size)
+        results[batch_size] = median_seconds(runner, warmup, iters)
+    return results
+
+
+# ---- orchestration ----
+
+def _model_spec(model_name: str, threads: int, model_dir: str) -> dict:
+    """What every worker needs: the paddle model name and export folder, and the arch for torch."""
+    from models import create_model
+    model = create_model(model_name)
+    stages = [getattr(model, f'stage{i}') for i in range(model.num_stages)]
+    return dict(model=model_name, model_dir=model_dir, threads=threads, num_classes=model.num_classes,
+                input_size=list(model.default_cfg['input_size']), depths=[len(s.blocks) for s in stages],
+                dims=[s.patch_embed.proj.weight.shape[0] for s in stages],
+                heads=[s.blocks[0].attn.num_heads for s in stages])
+
+
+def _export(spec: dict, with_onnx: bool) -> None:
+    import paddle
+    from datasets.transforms import resolve_data_cfg
+    from models import create_model
+    from utils.deploy import export_inference_model
+    paddle.seed(0)
+    model = create_model(spec['model'])
+    model.eval()
+    export_inference_model(model, spec['model_dir'], spec['model'], resolve_data_cfg(model.default_cfg),
+                           onnx=with_onnx)
+
+
+def _has_module(python: str, *modules: str) -> bool:
+    probe = '; '.join(f'import {m}' for m in modules)
+    return subprocess.run([python, '-c', probe], capture_output=True).returncode == 0
+
+
+def _time_backend(python: str, backend: str, spec: dict, args) -> Dict[int, float]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    cmd = [python, os.path.abspath(__file__), '--worker', backend, '--worker_args', json.dumps(spec),
+           '--batch_sizes', *map(str, args.batch_sizes), '--warmup', str(args.warmup), '--iters', str(args.iters)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+        raise ValueError(f'{backend}: benchmark worker failed: {last}')
+    return {int(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
+def _available(args) -> List[tuple]:
+    """(backend, python) pairs that can run here; the rest are reported as skipped."""
+    torch_python = args.torch_python or sys.executable
+    plan = []
+    for backend in args.backends:
+        if backend == 'onnxruntime' and not _has_module(sys.executable, 'paddle2onnx', 'onnxruntime'):
+            print('onnxruntime: skipped (paddle2onnx/onnxruntime not installed)')
+        elif backend == REFERENCE and not _has_module(torch_python, 'torch', 'transformers'):
+            print(f'{REFERENCE}: skipped ({torch_python} cannot import torch and transformers; see --torch_python)')
+        else:
+            plan.append((backend, torch_python if backend == REFERENCE else sys.executable))
+    return plan
+
+
+def format_table(results: Dict[str, Dict[int, float]], batch_sizes: Sequence[int]) -> str:
+    """Latency (batch 1) or images/s per batch size, and the speed ratio to the torch row (>1: faster)."""
+    reference = results.get(REFERENCE)
+    header = ['backend'] + [f'b{b} ms' if b == 1 else f'b{b} img/s' for b in batch_sizes]
+    if reference:
+        header += [f'b{b} vs torch' for b in batch_sizes]
+    rows = [header]
+    for backend, timing in results.items():
+        row = [backend] + [f'{1000 * timing[b]:.1f}' if b == 1 else f'{b / timing[b]:.1f}' for b in batch_sizes]
+        if reference:
+            row += [f'{reference[b] / timing[b]:.2f}x' for b in batch_sizes]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return '\n'.join('  '.join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                               enumerate(zip(row, widths))) for row in rows)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.worker_args)
+        print(json.dumps(run_worker(args.worker, spec, args.batch_sizes, args.warmup, args.iters)))
+        return 0
+    from utils.env import configure_cpu_threads
+    configure_cpu_threads()
+    plan = _available(args)
+    with tempfile.TemporaryDirectory(prefix='cvt-bench-') as tmp:
+        spec = _model_spec(args.model, args.threads, os.path.join(tmp, 'export'))
+        if any(backend != 'dygraph' and backend != REFERENCE for backend, _ in plan):
+            _export(spec, with_onnx=any(backend == 'onnxruntime' for backend, _ in plan))
+        load_before = os.getloadavg()
+        results = {backend: _time_backend(python, backend, spec, args) for backend, python in plan}
+        load_after = os.getloadavg()
+    print(f'{args.model}, {args.threads} threads, input {spec["input_size"]}, warm-up {args.warmup}, '
+          f'median of {args.iters}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after '
+          f'({os.cpu_count()} CPUs)')
+    print(format_table(results, args.batch_sizes))
+    record = dict(model=args.model, threads=args.threads, warmup=args.warmup, iters=args.iters,
+                  load_average=[load_before[0], load_after[0]],
+                  median_seconds={k: {str(b): v for b, v in t.items()} for k, t in results.items()})
+    if args.output_json:
+        from utils.inference import write_json
+        write_json(args.output_json, record)
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == '__main__':
+    from utils.cli import run_main
+    run_main(main)

@@ -1,0 +1,290 @@
+"""The export directory: writing it (static graph, inference.yml, optional ONNX) and running it
+with Paddle Inference or ONNX Runtime.
+
+Layout: inference.json (Paddle 3, PIR) or inference.pdmodel (Paddle 2.x), inference.pdiparams,
+inference.yml (model name, num_classes, with_softmax, resolved eval preprocessing, label names)
+and, with ONNX, model.onnx. infer.py needs nothing outside the folder.
+"""
+import os
+import shutil
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import yaml
+
+MODEL_PREFIX = 'inference'
+MODEL_FILES = (f'{MODEL_PREFIX}.json', f'{MODEL_PREFIX}.pdmodel')  # Paddle 3 (PIR), Paddle 2.x
+CFG_FILE = f'{MODEL_PREFIX}.yml'
+ONNX_FILE = 'model.onnx'
+INPUT_NAME = 'x'
+ONNX_OPSET = 17  # first opset with a native LayerNormalization
+PREPROCESS_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
+ONNX_PACKAGES = 'pip install paddle2onnx onnxruntime onnx-graphsurgeon sympy'
+
+
+def check_onnx_export_available() -> None:
+    """Fail before any work when paddle2onnx is missing (it would otherwise pip-install its helpers mid-export)."""
+    for module in ('paddle2onnx', 'onnx_graphsurgeon'):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ValueError(f'--onnx needs {module}, which is not installed: {ONNX_PACKAGES}') from None
+
+
+def _plain(value):
+    """Tuples and numpy scalars as YAML-safe lists and numbers."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, 'item') else value
+
+
+def export_inference_model(model, output_dir: str, model_name: str, data_cfg: dict, batch_size: int = -1,
+                           with_softmax: bool = False, label_names: Optional[Sequence[str]] = None,
+                           onnx: bool = False) -> List[str]:
+    """Export `model` for deployment into `output_dir`; returns the written file names.
+
+    The folder is built under a temporary name next to `output_dir` and renamed into place, so a
+    failed export never leaves a half-written folder, and a previous export is replaced whole.
+    """
+    check_output_dir(output_dir)
+    if onnx:
+        check_onnx_export_available()
+    if batch_size < 1 and batch_size != -1:
+        raise ValueError(f'--batch_size must be -1 (dynamic) or >= 1, got {batch_size}')
+    output_dir = os.path.abspath(output_dir)
+    staging = os.path.join(os.path.dirname(output_dir), f'.{os.path.basename(output_dir)}.tmp{os.getpid()}')
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed export of this pid, never another's
+    os.makedirs(staging)
+    try:
+        _save_static(model, staging, data_cfg['input_size'], batch_size, with_softmax)
+        cfg = dict(model=model_name, num_classes=int(model.num_classes), with_softmax=bool(with_softmax),
+                   batch_size=int(batch_size),
+                   preprocess={k: _plain(data_cfg[k]) for k in PREPROCESS_KEYS},
+                   label_names=list(label_names) if label_names else None)
+        with open(os.path.join(staging, CFG_FILE), 'w', encoding='utf-8') as f:
+            yaml.safe_dump(cfg, f, sort_keys=False, allow_unicode=True)
+        if onnx:
+            model_file, params_file = find_model_files(staging)
+            _export_onnx(model_file, params_file, os.path.join(staging, ONNX_FILE))
+        _swap_into_place(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return sorted(os.listdir(output_dir))
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Refuse an --output that is not empty and not a previous export: replacing a folder deletes it."""
+    if os.path.exists(output_dir):
+        if not os.path.isdir(output_dir):
+            raise ValueError(f'{output_dir}: exists and is not a folder (expected an export output folder)')
+        if os.listdir(output_dir) and not os.path.isfile(os.path.join(output_dir, CFG_FILE)):
+            raise ValueError(f'{output_dir}: folder is not empty and holds no {CFG_FILE}; '
+                             f'refusing to replace it (choose a new --output)')
+
+
+class InferenceModel(paddle.nn.Layer):
+    """What is traced: the model, with softmax on top when asked."""
+
+    def __init__(self, model: paddle.nn.Layer, with_softmax: bool):
+        super().__init__()
+        self.model = model
+        self.with_softmax = with_softmax
+
+    def forward(self, x):
+        out = self.model(x)
+        return F.softmax(out, axis=-1) if self.with_softmax else out
+
+
+def _save_static(model, folder: str, input_size: Sequence[int], batch_size: int, with_softmax: bool) -> None:
+    layer = InferenceModel(model, with_softmax)
+    layer.eval()
+    shape = [None if batch_size == -1 else batch_size] + [int(s) for s in input_size]
+    spec = [paddle.static.InputSpec(shape=shape, dtype='float32', name=INPUT_NAME)]
+    static = paddle.jit.to_static(layer, input_spec=spec, full_graph=True)
+    paddle.jit.save(static, os.path.join(folder, MODEL_PREFIX))
+
+
+def _export_onnx(model_file: str, params_file: str, onnx_file: str) -> None:
+    import paddle2onnx
+    paddle2onnx.export(model_file, params_file, onnx_file, opset_version=ONNX_OPSET)
+    if not os.path.isfile(onnx_file):
+        raise ValueError(f'{onnx_file}: paddle2onnx wrote no model (see its log above)')
+
+
+def _swap_into_place(staging: str, output_dir: str) -> None:
+    if not os.path.exists(output_dir):
+        os.rename(staging, output_dir)
+        return
+    retired = staging + '.old'
+    os.rename(output_dir, retired)
+    try:
+        os.rename(staging, output_dir)
+    except OSError:
+        os.rename(retired, output_dir)  # put the previous export back
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def find_model_files(model_dir: str, model_file: Optional[str] = None,
+                     params_file: Optional[str] = None) -> Tuple[str, str]:
+    """(graph file, params file) of an export folder; explicit files win over the folder's."""
+    if model_file is None:
+        if not os.path.isdir(model_dir):
+            raise FileNotFoundError(f'{model_dir}: model folder not found (expected the output of export_model.py)')
+        candidates = [os.path.join(model_dir, name) for name in MODEL_FILES]
+        model_file = next((p for p in candidates if os.path.isfile(p)), None)
+        if model_file is None:
+            raise FileNotFoundError(f'{model_dir}: no {" or ".join(MODEL_FILES)} found '
+                                    f'(expected the output of export_model.py)')
+    elif not os.path.isfile(model_file):
+        raise FileNotFoundError(f'{model_file}: model file not found (expected a .json or .pdmodel graph)')
+    if not model_file.endswith(('.json', '.pdmodel')):
+        raise ValueError(f'{model_file}: expected a .json or .pdmodel graph file')
+    params_file = params_file or os.path.splitext(model_file)[0] + '.pdiparams'
+    if not os.path.isfile(params_file):
+        raise FileNotFoundError(f'{params_file}: parameters file not found (expected next to {model_file})')
+    return model_file, params_file
+
+
+def read_inference_cfg(model_dir: str) -> dict:
+    """inference.yml of an export folder, checked for the keys infer.py reads."""
+    path = os.path.join(model_dir, CFG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path}: not found (expected the {CFG_FILE} that export_model.py writes)')
+    with open(path, encoding='utf-8') as f:
+        cfg = yaml.safe_load(f)
+    if not isinstance(cfg, dict):
+        raise ValueError(f'{path}: expected a mapping, found {type(cfg).__name__}')
+    for key in ('model', 'num_classes', 'with_softmax', 'preprocess'):
+        if key not in cfg:
+            raise KeyError(f"{path}: missing key '{key}'")
+    missing = [k for k in PREPROCESS_KEYS if k not in (cfg['preprocess'] or {})]
+    if missing:
+        raise KeyError(f"{path}: missing key 'preprocess.{missing[0]}'")
+    labels = cfg.get('label_names')
+    if labels is not None and len(labels) != cfg['num_classes']:
+        raise ValueError(f"{path}: {len(labels)} label_names, expected num_classes = {cfg['num_classes']}")
+    return cfg
+
+
+def check_device_options(backend: str, use_gpu: bool, use_tensorrt: bool, precision: str) -> None:
+    """One-line refusals for what the installed Paddle / ONNX Runtime cannot serve."""
+    if precision not in ('fp32', 'fp16', 'int8'):
+        raise ValueError(f"--precision must be fp32, fp16 or int8, got '{precision}'")
+    if backend == 'onnxruntime':
+        if use_tensorrt or precision != 'fp32':
+            raise ValueError('--backend onnxruntime runs the fp32 ONNX model; drop --use_tensorrt/--precision')
+        if use_gpu:
+            import onnxruntime
+            if 'CUDAExecutionProvider' not in onnxruntime.get_available_providers():
+                raise ValueError('--use_gpu: this onnxruntime has no CUDAExecutionProvider '
+                                 '(pip install onnxruntime-gpu)')
+        return
+    if use_gpu and not paddle.is_compiled_with_cuda():
+        raise ValueError('--use_gpu: the installed Paddle is a CPU build (install paddlepaddle-gpu)')
+    if use_tensorrt and not use_gpu:
+        raise ValueError('--use_tensorrt needs --use_gpu')
+    if use_tensorrt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
+        raise ValueError('--use_tensorrt: the installed Paddle was built without TensorRT')
+    if precision == 'fp16' and not use_gpu:
+        raise ValueError('--precision fp16 needs --use_gpu (CPU inference runs fp32)')
+    if precision == 'int8' and not use_tensorrt:
+        raise ValueError('--precision int8 needs --use_tensorrt (TensorRT int8 calibration); CPU inference runs fp32')
+
+
+def _paddle_predictor(model_file: str, params_file: str, input_size: Sequence[int], max_batch_size: int,
+                      use_gpu: bool, enable_mkldnn: bool, cpu_threads: int, precision: str,
+                      use_tensorrt: bool, ir_optim: bool) -> Callable[[np.ndarray], np.ndarray]:
+    from paddle import inference
+    config = inference.Config(model_file, params_file)
+    precision_type = {'fp32': inference.PrecisionType.Float32, 'fp16': inference.PrecisionType.Half,
+                      'int8': inference.PrecisionType.Int8}[precision]
+    if use_gpu:
+        config.enable_use_gpu(256, 0, precision_type if not use_tensorrt else inference.PrecisionType.Float32)
+        if use_tensorrt:
+            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=max_batch_size, min_subgraph_size=3,
+                                          precision_mode=precision_type, use_static=False,
+                                          use_calib_mode=precision == 'int8')
+            shape = [int(s) for s in input_size]
+            config.set_trt_dynamic_shape_info({INPUT_NAME: [1] + shape}, {INPUT_NAME: [max_batch_size] + shape},
+                                              {INPUT_NAME: [max_batch_size] + shape})
+    else:
+        config.disable_gpu()
+        config.set_cpu_math_library_num_threads(cpu_threads)
+        if enable_mkldnn:
+            config.enable_mkldnn()
+    # enable_memory_optim() is left out on purpose: it breaks these graphs on Paddle 3.3.
+    config.switch_ir_optim(ir_optim)
+    config.disable_glog_info()
+    predictor = inference.create_predictor(config)
+    input_handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    output_handle = predictor.get_output_handle(predictor.get_output_names()[0])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        input_handle.reshape(list(batch.shape))
+        input_handle.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
+        predictor.run()
+        return output_handle.copy_to_cpu()
+
+    return run
+
+
+def _onnx_predictor(onnx_file: str, use_gpu: bool, cpu_threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ValueError(f'--backend onnxruntime needs onnxruntime, which is not installed: {ONNX_PACKAGES}') from None
+    if not os.path.isfile(onnx_file):
+        raise FileNotFoundError(f'{onnx_file}: not found (export with export_model.py --onnx)')
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = cpu_threads
+    providers = (['CUDAExecutionProvider'] if use_gpu else []) + ['CPUExecutionProvider']
+    session = onnxruntime.InferenceSession(onnx_file, options, providers=providers)
+    input_name = session.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    return run
+
+
+def _fixed_batch(run: Callable[[np.ndarray], np.ndarray], batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A graph exported with a fixed batch takes exactly that many images: pad, then drop the padding."""
+    def padded(batch: np.ndarray) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(batch), batch_size):
+            chunk = batch[start:start + batch_size]
+            pad = np.zeros((batch_size - len(chunk),) + chunk.shape[1:], dtype=chunk.dtype)
+            outputs.append(run(np.concatenate([chunk, pad]))[:len(chunk)])
+        return np.concatenate(outputs)
+    return padded
+
+
+def build_predictor(model_dir: str, cfg: dict, backend: str = 'paddle', model_file: Optional[str] = None,
+                    params_file: Optional[str] = None, max_batch_size: int = 1, use_gpu: bool = False,
+                    enable_mkldnn: bool = True, cpu_threads: int = 1, precision: str = 'fp32',
+                    use_tensorrt: bool = False, ir_optim: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    """A callable (N, 3, H, W) float32 -> (N, num_classes) graph output (probabilities or logits, see
+    cfg['with_softmax']) for the Paddle Inference or ONNX Runtime backend."""
+    if backend not in ('paddle', 'onnxruntime'):
+        raise ValueError(f"--backend must be paddle or onnxruntime, got '{backend}'")
+    check_device_options(backend, use_gpu, use_tensorrt, precision)
+    fixed = cfg.get('batch_size', -1)
+    if backend == 'onnxruntime':
+        run = _onnx_predictor(os.path.join(model_dir, ONNX_FILE), use_gpu, cpu_threads)
+    else:
+        model_file, params_file = find_model_files(model_dir, model_file, params_file)
+        run = _paddle_predictor(model_file, params_file, cfg['preprocess']['input_size'],
+                                fixed if fixed > 0 else max_batch_size, use_gpu, enable_mkldnn, cpu_threads,
+                                precision, use_tensorrt, ir_optim)
+    return _fixed_batch(run, fixed) if fixed > 0 else run
+
+
+def graph_to_probs(output: np.ndarray, cfg: Dict) -> np.ndarray:
+    """Probabilities from the exported graph's output, applying softmax when the graph has none."""
+    from utils.inference import softmax
+    output = output.astype(np.float32, copy=False)
+    return output if cfg['with_softmax'] else softmax(output)
