@@ -2,14 +2,15 @@ PYTHON ?= python3
 VENV ?= .venv$(if $(PADDLE_VERSION),-paddle$(PADDLE_VERSION))
 PADDLE_VERSION ?=
 PY := $(VENV)/bin/python
+# The pin joins the requirements in one resolve, so pip never installs the newest Paddle first.
+PADDLE_PIN := $(if $(PADDLE_VERSION),"paddlepaddle==$(PADDLE_VERSION)")
 
 .PHONY: test venv clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
-	@if [ -n "$(PADDLE_VERSION)" ]; then $(PY) -m pip install -q "paddlepaddle==$(PADDLE_VERSION)"; fi
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt $(PADDLE_PIN)
 	touch $@
 
 venv: $(VENV)/.installed

@@ -4,6 +4,7 @@ Paper: https://arxiv.org/abs/2103.15808, official code: https://github.com/micro
 Parameter names match the official `lib/models/cls_cvt.py` state dict, so converting released
 weights is a rename of BatchNorm statistics and a transpose of Linear weights, nothing more.
 """
+import inspect
 import math
 from typing import Sequence
 
@@ -15,11 +16,17 @@ from .registry import register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Paddle >= 3 takes absolute cut points a/b; older lines always cut at mean +- 2 std.
+_TRUNC_NORMAL_HAS_BOUNDS = 'a' in inspect.signature(nn.initializer.TruncatedNormal).parameters
 
 
 def _trunc_normal(param, std=0.02):
-    # timm's trunc_normal_ cuts at +-2 absolute, i.e. 100 std at std .02; Paddle 3's a/b are absolute too.
-    nn.initializer.TruncatedNormal(mean=0.0, std=std)(param)
+    # timm's trunc_normal_ cuts at +-2 absolute, i.e. 100 std at std .02: in effect a plain normal.
+    # A +-2 std cut (Paddle < 3) would shrink the std by 12%, so there the plain normal is the faithful one.
+    if _TRUNC_NORMAL_HAS_BOUNDS:
+        nn.initializer.TruncatedNormal(mean=0.0, std=std, a=-2.0, b=2.0)(param)
+    else:
+        nn.initializer.Normal(mean=0.0, std=std)(param)
 
 
 def _torch_default_conv_init(conv: nn.Conv2D):

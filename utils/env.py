@@ -1,7 +1,14 @@
-"""Process environment: CPU thread count (set before paddle is imported) and seeding."""
+"""Process environment: CPU thread count (set before paddle is imported) and seeding.
+
+Importing this module also loads Pillow's decoders, before any paddle import: Paddle 2.6's libpaddle.so
+exports its own zlib symbols, and a Pillow loaded after it mixes the two zlibs, so every PNG then fails with
+"codec configuration error".
+"""
 import os
 import random
 import warnings
+
+import PIL.Image  # noqa: F401  (binds Pillow to the system zlib first; see above)
 
 
 def configure_cpu_threads() -> int:
