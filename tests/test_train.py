@@ -68,6 +68,15 @@ def test_learns_digits_and_writes_the_run_files(digits, tmp_path):
     assert any(k.startswith('stage2.blocks.0.attn.proj_q.weight@') for k in state['optimizer'])
     resolved = parse_args(build_train_parser(), ['--config', str(run / 'args.yaml')])
     assert resolved.lr == 2e-3 and resolved.num_classes == 10 and resolved.model_ema
+    # eval.py on the final checkpoint, with no protocol flags, reproduces training's last evaluation
+    import eval as eval_script
+    out = tmp_path / 'eval.json'
+    assert eval_script.main([str(digits), '--model', 'cvt_tiny', '--resume', str(run / 'checkpoint-latest.pd'),
+                             '--num_workers', '0', '--output_json', str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert (result['img_size'], result['crop_pct']) == (32, 1.0)
+    assert result['acc1'] == round(records[-1]['test_acc1'], 3) and result['num_images'] == 80
+    assert abs(result['loss'] - records[-1]['test_loss']) < 1e-5
 
 
 def _run_script(args, log_path, env=None):
@@ -82,7 +91,9 @@ def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_weights(digits
              '--mixup', '0.8', '--cutmix', '1.0', '--smoothing', '0.1', '--drop_path', '0.1', '--hflip', '0.5',
              '--scale', '0.5', '1', '--epochs', '2', '--batch_size', '16', '--lr', '1e-3', '--save_every_steps', '1',
              '--sched_on_updates']
-    assert train.main([*flags, '--experiment', 'straight']) == 0
+    # All three runs are fresh processes: state an earlier test left in this one (Paddle flags) can't differ.
+    straight = _run_script(['train.py', *flags, '--experiment', 'straight'], tmp_path / 'straight.log')
+    assert straight.wait(timeout=300) == 0, (tmp_path / 'straight.log').read_text()[-2000:]
     proc = _run_script(['train.py', *flags, '--experiment', 'killed'], tmp_path / 'first.log')
     log = tmp_path / 'killed' / 'train.log'
     deadline = time.time() + 120

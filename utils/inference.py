@@ -4,15 +4,18 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import paddle
+import yaml
 
 from datasets.imagenet import IMG_EXTENSIONS, is_image_file, load_rgb, read_label_names
+from datasets.transforms import resolve_data_cfg
 from models import create_model
-from utils.config import HelpFormatter as HelpFormatter
+from utils.config import HelpFormatter
 from utils.weights import load_weights
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,14 +44,37 @@ def add_weight_args(parser: argparse.ArgumentParser, required: bool = True) -> N
                        help="classifier size when it differs from the variant's (default: the variant's)")
 
 
+def run_args_for(checkpoint: str) -> dict:
+    """The training run's resolved args (`args.yaml` beside a train.py checkpoint), or {} for other files.
+
+    A checkpoint carries its run's class count and eval preprocessing this way, so eval, predict and
+    export use what training used without repeating flags.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'args.yaml')
+    if not re.fullmatch(r'checkpoint-.*\.pd', os.path.basename(checkpoint)) or not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        args = yaml.safe_load(f) or {}
+    return args if isinstance(args, dict) else {}
+
+
 def load_model(name: str, resume: Optional[str] = None, pretrained: Optional[str] = None,
                use_ema: bool = False, num_classes: Optional[int] = None):
-    """Create `name`, load its weights strictly (EMA copy with `use_ema`) and switch to eval mode."""
+    """Create `name`, load its weights strictly (EMA copy with `use_ema`) and switch to eval mode.
+
+    With a train.py checkpoint, its run's num_classes and eval preprocessing (input_size, crop_pct,
+    interpolation) become the model's defaults unless given here or by flags later.
+    """
     if not (resume or pretrained):
         raise ValueError(NO_WEIGHTS_HINT)
-    overrides = {'num_classes': num_classes} if num_classes else {}
-    model = create_model(name, **overrides)
+    run_args = run_args_for(resume) if resume else {}
+    num_classes = num_classes or run_args.get('num_classes')
+    model = create_model(name, **({'num_classes': num_classes} if num_classes else {}))
     load_weights(model, resume or pretrained, key='model_ema' if use_ema else None)
+    if run_args:
+        model.default_cfg.update(resolve_data_cfg(model.default_cfg, input_size=run_args.get('input_size'),
+                                                  crop_pct=run_args.get('crop_pct'),
+                                                  interpolation=run_args.get('interpolation')))
     model.eval()
     return model
 
