@@ -1,0 +1,102 @@
+"""The whole pipeline on real data in a few minutes on a CPU: `make demo`.
+
+Writes scikit-learn's handwritten digits as an ImageNet-style dataset, trains cvt_tiny with the real
+train.py (2 processes through paddle.distributed.launch when 2+ cores exist), then runs eval.py,
+predict.py, export_model.py, infer.py and the export parity check, draws the curves and prints a
+summary. Every step is the command a user would type, printed before it runs. Re-running reuses
+what exists: the dataset is kept and training resumes from (or stops at) its last checkpoint.
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = 'configs/train/cvt/cvt_tiny_demo.yaml'
+EXPERIMENT = 'cvt_tiny_demo'
+
+
+def run(cmd: List[str], env=None) -> str:
+    """Run one pipeline step from the repo root, echoing the command; its stdout is returned."""
+    print('\n$ ' + ' '.join(shlex.quote(c) for c in cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        raise ValueError(f'demo step failed (exit {proc.returncode}): {" ".join(cmd)}')
+    return proc.stdout
+
+
+def last_json(stdout: str):
+    """The machine-readable result line the scripts end with."""
+    return json.loads([line for line in stdout.splitlines() if line.startswith(('{', '['))][-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--data', default='data/digits', help='where the demo dataset is written')
+    parser.add_argument('--output', default='output/demo', help='runs root for the demo')
+    parser.add_argument('--nproc', type=int, default=min(2, os.cpu_count() or 1),
+                        help='training processes (paddle.distributed.launch when > 1)')
+    parser.add_argument('--debug', action='store_true', help='full traceback on errors')
+    args = parser.parse_args(argv)
+    py = sys.executable
+    start = time.time()
+
+    run([py, 'tools/make_demo_dataset.py', args.data, '--image_size', '32'])
+
+    train = ['train.py', args.data, '--config', CONFIG, '--output', args.output]
+    if args.nproc > 1:
+        env = {k: v for k, v in os.environ.items() if k != 'CUDA_VISIBLE_DEVICES'}  # set at all = GPU job
+        run([py, '-m', 'paddle.distributed.launch', '--nproc_per_node', str(args.nproc),
+             '--log_dir', os.path.join(args.output, 'launch_logs'), *train], env=env)
+    else:
+        run([py, *train])
+    run_dir = os.path.join(args.output, EXPERIMENT)
+    ckpt = os.path.join(run_dir, 'checkpoint-best.pd')
+    # The checkpoint's run (args.yaml beside it) supplies num_classes and the eval preprocessing.
+    weights = ['--model', 'cvt_tiny', '--resume', ckpt]
+    labels = os.path.join(args.data, 'labels.txt')
+
+    evaluation = last_json(run([py, 'eval.py', args.data, *weights, '--batch_size', '64',
+                                '--output_json', os.path.join(run_dir, 'eval.json')]))
+    samples = [os.path.join(args.data, 'val', f'digit_{k}') for k in (3, 7)]
+    run([py, 'predict.py', '--infer_imgs', *samples, *weights, '--label_list', labels, '--topk', '3',
+         '--output_json', os.path.join(run_dir, 'predictions.json')])
+    export_dir = os.path.join(run_dir, 'export')
+    run([py, 'export_model.py', *weights, '--label_list', labels, '--output', export_dir])
+    inference = run([py, 'infer.py', '--model_dir', export_dir, '--input_file', os.path.join(args.data, 'val'),
+                     '--batch_size', '32', '--benchmark', '--output_json', os.path.join(run_dir, 'infer.json')])
+    run([py, 'tools/check_export.py', *weights, '--model_dir', export_dir, '--images', *samples])
+    plot = os.path.join(run_dir, 'curves.png')
+    run([py, 'tools/plot_log.py', run_dir, '--out', plot])
+
+    with open(os.path.join(run_dir, 'log.txt')) as f:
+        epochs = [json.loads(line) for line in f if line.strip()]
+    train_speed = [e['train_images_per_s'] for e in epochs if e.get('train_images_per_s')]
+    infer_speed = next((line for line in inference.splitlines() if 'images/s' in line), 'n/a').strip()
+    print(f"""
+==================== demo summary ====================
+val top-1        {evaluation['acc1']:.2f}%  (top-5 {evaluation['acc5']:.2f}%, {evaluation['num_images']} images, \
+chance 10%)
+training         {len(epochs)} epochs, {train_speed[-1] if train_speed else float('nan'):.0f} images/s \
+({args.nproc} process{'es' if args.nproc > 1 else ''})
+inference        {infer_speed}
+files            {run_dir}/ (checkpoints, log.txt, train.log, args.yaml, curves.png, export/)
+total time       {time.time() - start:.0f} s
+next, on real data (ImageNet layout: DATA/train/<class>/*, DATA/val/<class>/*):
+  python train.py DATA --config configs/train/cvt/cvt_13_224x224.yaml
+  python eval.py DATA --model cvt_13_224x224 --pretrained cvt_13_224x224
+  python predict.py --infer_imgs photo.jpg --model cvt_13_224x224 --pretrained cvt_13_224x224
+======================================================""")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.path.insert(0, ROOT)
+    from utils.cli import run_main
+    run_main(main)
