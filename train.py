@@ -27,7 +27,8 @@ from utils.checkpoint import (BEST, BEST_EMA, CheckpointManager, load_optimizer_
                               load_training_state, optimizer_state_by_name)
 from utils.cli import run_main  # noqa: E402
 from utils.config import build_train_parser, dump_config, parse_args  # noqa: E402
-from utils.distributed import init_distributed, unwrap_model, weights_agree_across_ranks  # noqa: E402
+from utils.distributed import (broadcast_buffers, init_distributed, unwrap_model,  # noqa: E402
+                               weights_agree_across_ranks)
 from utils.ema import ModelEma  # noqa: E402
 from utils.env import seed_everything  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
@@ -173,6 +174,9 @@ def main(argv=None) -> int:
         except NonFiniteLossError as e:
             logger.error(str(e))
             return 2
+        broadcast_buffers(model)
+        if model_ema is not None:
+            broadcast_buffers(model_ema.module)
         record = {'epoch': epoch, 'train_lr': train_stats.get('lr'), 'train_loss': train_stats.get('loss'),
                   'train_images_per_s': train_loader.batch_sampler.num_batches * args.batch_size * world_size
                   / (time.time() - start),

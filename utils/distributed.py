@@ -59,6 +59,23 @@ def unwrap_model(model: paddle.nn.Layer) -> paddle.nn.Layer:
     return model._layers if isinstance(model, paddle.DataParallel) else model
 
 
+def broadcast_buffers(model: paddle.nn.Layer, src: int = 0) -> None:
+    """Copy rank `src`'s non-trainable state (BatchNorm running statistics) to every rank.
+
+    paddle.DataParallel syncs only gradients, so each rank's running statistics follow its own data.
+    torch DDP broadcasts rank 0's buffers before every forward, so rank 0's evolve from rank 0's batches
+    alone and the others are overwritten; broadcasting before evaluation and saving gives the same state,
+    and training forwards (which use batch statistics) never read them.
+    """
+    if get_world_size() == 1:
+        return
+    model = unwrap_model(model)
+    trainable = {id(p) for p in model.parameters() if not p.stop_gradient}
+    for tensor in model.state_dict().values():
+        if id(tensor) not in trainable:
+            dist.broadcast(tensor, src=src)
+
+
 def weights_agree_across_ranks(model: paddle.nn.Layer) -> Tuple[bool, float]:
     """(every rank holds the same weights, this rank's checksum): a float64 sum of |w| over the model."""
     total = paddle.zeros([], dtype='float64')
