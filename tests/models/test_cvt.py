@@ -1,4 +1,6 @@
 """Model zoo: parameter counts, key sets, shapes at any input size, drop path, registry errors."""
+from pathlib import Path
+
 import numpy as np
 import paddle
 import pytest
@@ -146,3 +148,22 @@ def test_init_follows_official_rules():
     assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
     dw = state['stage1.blocks.0.attn.conv_proj_q.conv.weight'].numpy()
     assert np.abs(dw).max() <= 1 / 3 and np.abs(dw).max() > 0.3
+
+
+def _official_keys(family):
+    """{key: shape} of the official state dict, as torch wrote it (tests/fixtures/official_keys)."""
+    path = Path(__file__).resolve().parents[1] / 'fixtures' / 'official_keys' / f'{family}.txt'
+    entries = [line.split(' ') for line in path.read_text().splitlines() if not line.startswith('#')]
+    return {k: tuple(int(d) for d in shape.split(',') if d) for k, shape in entries}
+
+
+@pytest.mark.parametrize('name,family,n_torch', [('cvt_13_224x224', 'cvt_13', 459), ('cvt_21_384x384', 'cvt_21', 731),
+                                                 pytest.param('cvt_w24_384x384', 'cvt_w24', 833, marks=pytest.mark.slow)])
+def test_official_key_list_converts_onto_the_model_exactly(name, family, n_torch):
+    from utils.weights import convert_state_dict
+    official = _official_keys(family)
+    assert len(official) == n_torch
+    # zero-strided arrays: the shapes without the memory (W24 has 277M parameters)
+    converted = convert_state_dict({k: np.broadcast_to(np.float32(0), s) for k, s in official.items()})
+    ours = {k: tuple(v.shape) for k, v in create_model(name).state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in converted.items()} == ours
