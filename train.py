@@ -130,6 +130,7 @@ def main(argv=None) -> int:
         ckpt = load_training_state(resume_path)
         load_weights(model, resume_path, key='model')
         load_optimizer_state(optimizer, model, ckpt['optimizer'])
+        scheduler.set_state_dict(ckpt['scheduler'])  # the same curve, even if flags changed (warned per key)
         if scaler is not None and ckpt.get('scaler'):
             scaler.load_state_dict(ckpt['scaler'])
         if model_ema is not None and ckpt.get('model_ema') is not None:
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
 
     def checkpoint_state():
         return {'model': unwrap_model(model).state_dict(), 'optimizer': optimizer_state_by_name(optimizer, model),
-                'scaler': scaler.state_dict() if scaler is not None else {},
+                'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler is not None else {},
                 'model_ema': model_ema.state_dict() if model_ema is not None else None,
                 'epoch': state.epoch, 'step_in_epoch': state.step_in_epoch, 'global_step': state.global_step,
                 'best': dict(best), 'seed': args.seed, 'args': vars(args)}
@@ -158,6 +159,7 @@ def main(argv=None) -> int:
 
     logger.info('training %s for %d epochs: %d steps/epoch, global batch %d, data %s', args.model, args.epochs,
                 steps_per_epoch, global_batch, data_cfg)
+    replaced_before = 0
     while state.epoch < args.epochs:
         epoch = state.epoch
         train_loader.batch_sampler.set_epoch(epoch)
@@ -174,13 +176,17 @@ def main(argv=None) -> int:
         except NonFiniteLossError as e:
             logger.error(str(e))
             return 2
+        replaced, replaced_before = train_set.num_replaced - replaced_before, train_set.num_replaced
+        if replaced:
+            logger.warning('epoch %d: %d unreadable images were replaced by other samples (see the warnings above)',
+                           epoch, replaced)
         broadcast_buffers(model)
         if model_ema is not None:
             broadcast_buffers(model_ema.module)
         record = {'epoch': epoch, 'train_lr': train_stats.get('lr'), 'train_loss': train_stats.get('loss'),
                   'train_images_per_s': train_loader.batch_sampler.num_batches * args.batch_size * world_size
                   / (time.time() - start),
-                  'bad_images_replaced': train_set.num_replaced, 'n_parameters': n_params}
+                  'bad_images_replaced': replaced, 'n_parameters': n_params}
         if (epoch + 1) % args.eval_freq == 0 or state.epoch == args.epochs:
             record.update({f'test_{k}': v for k, v in evaluate(unwrap_model(model), val_loader, amp.enable).items()})
             best['acc1'] = max(best['acc1'], record['test_acc1'])

@@ -67,8 +67,10 @@ class ImageDataset(paddle.io.Dataset):
         self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
         self.transform = transform
         self.bad_image_policy = bad_image_policy
-        # Shared memory, so replacements made inside DataLoader worker processes are counted too.
+        # Shared memory, so replacements made inside DataLoader worker processes are counted too,
+        # and under the 'error' policy the first failure reaches the main process (see raise_if_failed).
         self._num_replaced = multiprocessing.Value('q', 0)
+        self._first_error = multiprocessing.Array('c', 2048)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -103,10 +105,23 @@ class ImageDataset(paddle.io.Dataset):
         raise ValueError(f'{self.path(index)}: this and the next {MAX_CONSECUTIVE_BAD} images are unreadable; '
                          f'check that {self.root} is complete and mounted')
 
+    def raise_if_failed(self) -> None:
+        """Under the 'error' policy, raise the first unreadable image's one-line error, in the calling process.
+
+        Workers only record it (an exception inside a Paddle loader worker surfaces as a thread dump and
+        a "blocking queue is killed" error), so the loader calls this after every batch.
+        """
+        if self._first_error.value:
+            raise ValueError(self._first_error.value.decode(errors='replace'))
+
     def _on_bad_image(self, path: str, exc: Exception) -> None:
         if self.bad_image_policy == 'error':
-            raise ValueError(f"{path}: unreadable image ({_one_line(exc)}); "
-                             f"use bad_image_policy='skip' to replace such images") from None
+            message = (f"{path}: unreadable image ({_one_line(exc)}); "
+                       f"use bad_image_policy='skip' to replace such images")
+            with self._first_error.get_lock():
+                if not self._first_error.value:
+                    self._first_error.value = message.encode()[:2047]
+            return
         with self._num_replaced.get_lock():
             self._num_replaced.value += 1
         logger.warning('%s: unreadable image (%s), replaced by the next sample', path, _one_line(exc))

@@ -16,16 +16,20 @@ def collate_numpy(samples: Sequence[Tuple[np.ndarray, int]]) -> List[np.ndarray]
 
 
 class InlineReadDataLoader(DataLoader):
-    """DataLoader whose num_workers=0 mode reads batches in the calling thread.
+    """DataLoader whose num_workers=0 mode reads batches in the calling thread, and which raises a
+    dataset's recorded failure (bad_image_policy='error') right after the batch it happened in.
 
     Paddle's own num_workers=0 mode reads in a helper thread, which hangs the loop forever when the
     dataset raises.
     """
 
     def __iter__(self):
-        if self.num_workers > 0:
-            return super().__iter__()
-        return self._read_in_process()
+        batches = super().__iter__() if self.num_workers > 0 else self._read_in_process()
+        check = getattr(self.dataset, 'raise_if_failed', None)
+        for batch in batches:
+            if check is not None:
+                check()
+            yield batch
 
     def _read_in_process(self) -> Iterator[List[paddle.Tensor]]:
         for indices in self.batch_sampler:

@@ -2,6 +2,7 @@
 parallel, AMP code path, non-finite steps, the official LR curve from the shipped config."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,3 +197,33 @@ def test_official_cvt13_lr_curve_from_the_shipped_config():
     for epoch, value in expected.items():
         assert abs(sched.lr_at(epoch, step=123) - value) < 1e-9, epoch  # constant within the epoch
     assert abs(sched.lr_at(299) - 1.0055e-5) < 1e-9
+
+
+def test_unreadable_training_image_is_replaced_and_counted(digits, tmp_path):
+    data = tmp_path / 'data'
+    shutil.copytree(digits, data)
+    bad = next((data / 'train' / 'digit_4').iterdir())
+    bad.write_bytes(b'\x89PNG\r\n\x1a\n truncated')
+    assert _train(data, tmp_path, '--epochs', '1', '--batch_size', '16', '--lr', '1e-3') == 0
+    assert _log(tmp_path / 'run')[0]['bad_images_replaced'] == 1
+    assert f'{bad}: unreadable image' in (tmp_path / 'run' / 'train.log').read_text()
+    # --bad_image_policy error, the image read in a worker process: one line naming it, no worker traceback
+    proc = subprocess.run([sys.executable, 'train.py', str(data), '--output', str(tmp_path), '--experiment', 'strict',
+                           *PLAIN, '--num_workers', '2', '--bad_image_policy', 'error', '--epochs', '1',
+                           '--batch_size', '16'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f'error: {bad}: unreadable image (') and last.endswith("use bad_image_policy='skip' "
+                                                                                   "to replace such images")
+    assert 'Traceback' not in proc.stderr
+
+
+def test_wandb_logs_offline_without_an_api_key(digits, tmp_path, monkeypatch):
+    pytest.importorskip('wandb', reason='wandb is an optional extra (requirements-dev.txt)')
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    monkeypatch.delenv('WANDB_API_KEY', raising=False)
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    assert _train(digits, tmp_path, '--epochs', '1', '--batch_size', '32', '--lr', '1e-3', '--log_wandb',
+                  '--wandb_project', 'cvt-test') == 0
+    runs = list((tmp_path / 'run' / 'wandb').glob('offline-run-*'))
+    assert len(runs) == 1 and list(runs[0].glob('*.wandb'))

@@ -19,6 +19,17 @@ def get_logger(name: Optional[str] = None) -> logging.Logger:
     return logging.getLogger(ROOT_NAME if not name else f'{ROOT_NAME}.{name}')
 
 
+class _TerminalHandler(logging.StreamHandler):
+    """Console lines printed through tqdm, so they land above a progress bar instead of through it."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+        tqdm.write(self.format(record), file=sys.stdout)
+
+
 def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = ROOT_NAME) -> logging.Logger:
     """Rank 0 logs INFO to stdout and appends to `output_dir/train.log`; other ranks log WARNING+ to stdout.
 
@@ -31,7 +42,7 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = RO
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     logger.propagate = False  # the root logger's handlers would print every line twice
     formatter = logging.Formatter(_FORMAT, datefmt=_DATEFMT)
-    console = logging.StreamHandler(sys.stdout)
+    console = _TerminalHandler() if sys.stdout.isatty() else logging.StreamHandler(sys.stdout)
     console.setFormatter(formatter)
     logger.addHandler(console)
     if output_dir and rank == 0:

@@ -5,6 +5,7 @@ host sync happens once, for all values gathered since the last read, when a line
 average is asked for, so the loop does not block on the device every step.
 """
 import datetime
+import sys
 import time
 from collections import defaultdict, deque
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
@@ -12,7 +13,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import paddle
 
-from .distributed import all_reduce_sum, get_world_size
+from .distributed import all_reduce_sum, get_rank, get_world_size
 from .logger import get_logger
 
 Number = Union[int, float, paddle.Tensor]
@@ -111,6 +112,14 @@ class SmoothedValue:
                                value=self.value)
 
 
+def terminal_progress_bar(total: Optional[int], header: str):
+    """A tqdm bar on rank 0 when stdout is a terminal (log lines go above it), else None."""
+    if not sys.stdout.isatty() or get_rank() != 0:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=header, leave=False, dynamic_ncols=True)
+
+
 def _max_memory_mb() -> Optional[float]:
     """Peak GPU memory of this process in MB, or None on CPU."""
     if paddle.device.is_compiled_with_cuda() and paddle.device.get_device().startswith('gpu'):
@@ -176,14 +185,19 @@ class MetricLogger:
         data_time = SmoothedValue(fmt='{avg:.4f}')
         start = end = time.time()
         i = 0
+        bar = terminal_progress_bar(total, header)
         for i, obj in enumerate(iterable):
             data_time.update(time.time() - end)
             yield obj
             iter_time.update(time.time() - end)
+            if bar is not None:
+                bar.update(1)
             if i % print_freq == 0 or (total is not None and i == total - 1):
                 self.logger.info(self._progress_line(header, i, total, width, iter_time, data_time,
                                                      samples_per_iter or self._last_n))
             end = time.time()
+        if bar is not None:
+            bar.close()
         elapsed = time.time() - start
         seconds_per_iter = elapsed / max(i + 1, 1)
         self.logger.info(f'{header} Total time: {datetime.timedelta(seconds=int(elapsed))} '

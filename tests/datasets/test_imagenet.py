@@ -131,8 +131,10 @@ def test_skip_policy_replaces_with_next_sample_and_counts(tiny_imagefolder, capl
 def test_error_policy_names_the_file(tiny_imagefolder):
     garbage, _ = _break_images(tiny_imagefolder)
     ds = build_dataset(str(tiny_imagefolder), 'train', bad_image_policy='error')
+    ds.raise_if_failed()  # nothing recorded yet
+    ds[1]  # records the failure (a loader worker must not raise) and the loader raises it after the batch
     with pytest.raises(ValueError) as info:
-        ds[1]
+        ds.raise_if_failed()
     message = str(info.value)
     assert message.startswith(f'{garbage}: unreadable image (UnidentifiedImageError')
     assert '\n' not in message
