@@ -8,7 +8,6 @@ from utils.env import configure_cpu_threads
 configure_cpu_threads()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 from typing import Optional, Sequence  # noqa: E402
 
 from datasets.imagenet import build_dataset  # noqa: E402
@@ -17,7 +16,7 @@ from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.distributed import init_distributed, is_main_process  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
-from utils.inference import add_weight_args, check_amp, load_model, script_parser, write_json  # noqa: E402
+from utils.inference import add_weight_args, check_amp, load_model, script_parser, report  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,9 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   interpolation=data_cfg['interpolation'])
     print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.3f} "
           f"({stats['num_images']} images)")
-    if args.output_json:
-        write_json(args.output_json, result)
-    print(json.dumps(result))
+    report(result, args.output_json)
     return 0
 
 

@@ -8,7 +8,6 @@ from utils.env import configure_cpu_threads
 configure_cpu_threads()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 from typing import Optional, Sequence  # noqa: E402
 
@@ -16,7 +15,7 @@ from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import add_bool  # noqa: E402
 from utils.deploy import build_predictor, graph_to_probs, read_inference_cfg  # noqa: E402
-from utils.inference import batches, find_images, preprocess, script_parser, topk_results, write_json  # noqa: E402
+from utils.inference import batches, find_images, preprocess, script_parser, topk_results, report  # noqa: E402
 
 WARMUP_RUNS = 3
 
@@ -88,9 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timings['postprocess'] += time.perf_counter() - inferred
     if args.benchmark:
         print(_benchmark_line(timings, len(files), args.batch_size))
-    print(json.dumps(results, ensure_ascii=False))
-    if args.output_json:
-        write_json(args.output_json, results)
+    report(results, args.output_json)
     return 0
 
 

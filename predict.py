@@ -7,7 +7,6 @@ from utils.env import configure_cpu_threads
 configure_cpu_threads()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 from typing import Optional, Sequence  # noqa: E402
 
 import paddle  # noqa: E402
@@ -16,7 +15,7 @@ import paddle.nn.functional as F  # noqa: E402
 from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.inference import (add_weight_args, batches, check_amp, find_images, label_names_for,  # noqa: E402
-                             load_model, preprocess, script_parser, topk_results, write_json)
+                             load_model, preprocess, script_parser, topk_results, report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for chunk in batches(files, args.batch_size):
         probs = predict_probs(model, preprocess(chunk, transform), args.amp)
         results += topk_results(probs, chunk, args.topk, label_names)
-    print(json.dumps(results, ensure_ascii=False))
-    if args.output_json:
-        write_json(args.output_json, results)
+    report(results, args.output_json)
     return 0
 
 

@@ -170,6 +170,13 @@ def topk_results(probs: np.ndarray, file_names: Sequence[str], topk: int,
     return results
 
 
+def report(result, output_json: Optional[str] = None) -> None:
+    """Print `result` as the script's closing JSON line and, when asked, write it to `output_json`."""
+    print(json.dumps(result, ensure_ascii=False))
+    if output_json:
+        write_json(output_json, result)
+
+
 def write_json(path: str, obj) -> None:
     """Write `obj` as JSON atomically (temp file in the same folder, then rename)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
