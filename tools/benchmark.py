@@ -1,7 +1,11 @@
-"""CPU inference speed of a CvT variant: batch-1 latency and large-batch images/s for dygraph, Paddle
-Inference (oneDNN off/on), ONNX Runtime and, as the same-run reference, Hugging Face's PyTorch CvT.
+"""CPU speed of a CvT variant against Hugging Face's PyTorch CvT, timed in the same run.
 
     python tools/benchmark.py --threads 2 --torch_python /tmp/torchref/bin/python
+    python tools/benchmark.py --mode train --torch_python /tmp/torchref/bin/python
+
+--mode infer (default): batch-1 latency and large-batch images/s for dygraph, Paddle Inference (oneDNN
+off/on), ONNX Runtime and torch. --mode train: images/s of one optimizer step (forward, cross-entropy,
+backward, AdamW step, clear grad) for dygraph and torch, both in train mode (drop path on).
 
 Random weights (speed does not depend on them), fixed batches of random pixels, warm-up runs, then
 the median of timed runs. Each backend runs in its own process with OMP_NUM_THREADS set to
@@ -22,18 +26,29 @@ sys.path.insert(0, ROOT)  # `python tools/benchmark.py`
 
 BACKENDS = ('dygraph', 'paddle_inference', 'paddle_inference_onednn', 'onnxruntime', 'torch_hf_eager')
 REFERENCE = 'torch_hf_eager'
+MODES = ('infer', 'train')
+MODE_BACKENDS = {'infer': BACKENDS, 'train': ('dygraph', REFERENCE)}
+MODE_BATCH_SIZES = {'infer': [1, 32], 'train': [16]}
+# The official CvT recipe's AdamW settings (configs/train/cvt); speed does not depend on them.
+TRAIN_LR = 2e-3
+TRAIN_WEIGHT_DECAY = 0.05
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='benchmark.py', description=' '.join(__doc__.split('\n\n')[0].split()),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--mode', default='infer', choices=MODES,
+                        help='time inference, or one training step (forward, loss, backward, AdamW step)')
     parser.add_argument('--model', default='cvt_13_224x224', help='registered model name')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads for every backend')
-    parser.add_argument('--batch_sizes', type=int, nargs='+', default=[1, 32], help='fixed batch sizes timed')
+    parser.add_argument('--batch_sizes', type=int, nargs='+',
+                        help='fixed batch sizes timed; none given: ' +
+                             ', '.join(f'{" ".join(map(str, b))} ({m})' for m, b in MODE_BATCH_SIZES.items()))
     parser.add_argument('--warmup', type=int, default=2, help='untimed runs per batch size')
     parser.add_argument('--iters', type=int, default=5, help='timed runs per batch size (median reported)')
-    parser.add_argument('--backends', nargs='+', default=list(BACKENDS), choices=BACKENDS, metavar='NAME',
-                        help=f'what to time, of: {", ".join(BACKENDS)}')
+    parser.add_argument('--backends', nargs='+', choices=BACKENDS, metavar='NAME',
+                        help=f'what to time, of: {", ".join(BACKENDS)}; none given: all the mode supports '
+                             f'(train: {", ".join(MODE_BACKENDS["train"])})')
     parser.add_argument('--torch_python', metavar='PYTHON',
                         help='python of an environment with torch + transformers, for the reference row; '
                              'None: this python')
@@ -42,6 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--worker', choices=BACKENDS, help=argparse.SUPPRESS)  # internal: time one backend
     parser.add_argument('--worker_args', help=argparse.SUPPRESS)
     return parser
+
+
+def resolve_mode_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill --batch_sizes / --backends from --mode and reject backends the mode cannot time."""
+    supported = MODE_BACKENDS[args.mode]
+    if args.batch_sizes is None:
+        args.batch_sizes = list(MODE_BATCH_SIZES[args.mode])
+    if args.backends is None:
+        args.backends = list(supported)
+    unsupported = [b for b in args.backends if b not in supported]
+    if unsupported:
+        raise ValueError(f'--backends: --mode {args.mode} times only {", ".join(supported)}, '
+                         f'got {", ".join(unsupported)}')
+    return args
 
 
 def median_seconds(fn: Callable[[], object], warmup: int, iters: int) -> float:
@@ -57,15 +86,31 @@ def median_seconds(fn: Callable[[], object], warmup: int, iters: int) -> float:
 
 # ---- workers: each runs in a fresh process and prints {batch_size: median seconds} as JSON ----
 
-def _paddle_runner(backend: str, spec: dict, batch_size: int) -> Callable[[], object]:
+def _random_batch(spec: dict, batch_size: int):
+    """The same images and labels for every backend (numpy, so torch and paddle get identical data)."""
     import numpy as np
-    x = np.random.RandomState(0).standard_normal([batch_size] + spec['input_size']).astype(np.float32)
+    rng = np.random.RandomState(0)
+    images = rng.standard_normal([batch_size] + spec['input_size']).astype(np.float32)
+    return images, rng.randint(0, spec['num_classes'], batch_size).astype(np.int64)
+
+
+def _paddle_model(spec: dict, training: bool):
+    import paddle
+    from models import create_model
+    paddle.seed(0)
+    model = create_model(spec['model'])
+    if training:
+        model.train()
+    else:
+        model.eval()
+    return model
+
+
+def _paddle_runner(backend: str, spec: dict, batch_size: int) -> Callable[[], object]:
+    x, _ = _random_batch(spec, batch_size)
     if backend == 'dygraph':
         import paddle
-        from models import create_model
-        paddle.seed(0)
-        model = create_model(spec['model'])
-        model.eval()
+        model = _paddle_model(spec, training=False)
         tensor = paddle.to_tensor(x)
 
         def run():
@@ -80,15 +125,43 @@ def _paddle_runner(backend: str, spec: dict, batch_size: int) -> Callable[[], ob
     return lambda: predictor(x)
 
 
-def _torch_runner(spec: dict, batch_size: int) -> Callable[[], object]:
+def _paddle_train_step(spec: dict, batch_size: int) -> Callable[[], float]:
+    import paddle
+    import paddle.nn.functional as F
+    from utils.optim import build_optimizer
+    x, y = _random_batch(spec, batch_size)
+    model = _paddle_model(spec, training=True)
+    optimizer = build_optimizer(model, 'adamw', lr=TRAIN_LR, weight_decay=TRAIN_WEIGHT_DECAY)
+    images, labels = paddle.to_tensor(x), paddle.to_tensor(y)
+
+    def step():
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        return float(loss)
+    return step
+
+
+def _torch_model(spec: dict, training: bool):
     import torch
     from transformers import CvtConfig, CvtForImageClassification
+    # transformers' CvtStage gives every block entry `stage` of its linspace(0, rate, depth), so a stage
+    # needs more blocks than its index (CvT-13/21/W24 have them; cvt_tiny does not).
+    if any(depth <= i for i, depth in enumerate(spec['depths'])):
+        raise ValueError(f"{spec['model']}: transformers' CvT needs stage i to have more than i blocks, "
+                         f"got depths {spec['depths']}")
     torch.set_num_threads(spec['threads'])
     torch.manual_seed(0)
     config = CvtConfig(depth=spec['depths'], embed_dim=spec['dims'], num_heads=spec['heads'],
-                       num_labels=spec['num_classes'])
-    model = CvtForImageClassification(config).eval()
-    x = torch.randn([batch_size] + spec['input_size'])
+                       drop_path_rate=spec['drop_path_rates'], num_labels=spec['num_classes'])
+    return CvtForImageClassification(config).train(training)
+
+
+def _torch_runner(spec: dict, batch_size: int) -> Callable[[], object]:
+    import torch
+    model = _torch_model(spec, training=False)
+    x = torch.from_numpy(_random_batch(spec, batch_size)[0])
 
     def run():
         with torch.inference_mode():
@@ -96,12 +169,32 @@ def _torch_runner(spec: dict, batch_size: int) -> Callable[[], object]:
     return run
 
 
-def run_worker(backend: str, spec: dict, batch_sizes: Sequence[int], warmup: int, iters: int) -> Dict[int, float]:
-    results = {}
-    for batch_size in batch_sizes:
-        runner = _torch_runner(spec, batch_size) if backend == REFERENCE else _paddle_runner(backend, spec, batch_size)
-        results[batch_size] = median_seconds(runner, warmup, iters)
-    return results
+def _torch_train_step(spec: dict, batch_size: int) -> Callable[[], float]:
+    import torch
+    model = _torch_model(spec, training=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=TRAIN_LR, weight_decay=TRAIN_WEIGHT_DECAY)
+    images, labels = map(torch.from_numpy, _random_batch(spec, batch_size))
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=images).logits, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.item()
+    return step
+
+
+def build_runner(mode: str, backend: str, spec: dict, batch_size: int) -> Callable[[], object]:
+    """What one timed run calls: an inference forward, or one training step."""
+    if mode == 'train':
+        return _torch_train_step(spec, batch_size) if backend == REFERENCE else _paddle_train_step(spec, batch_size)
+    return _torch_runner(spec, batch_size) if backend == REFERENCE else _paddle_runner(backend, spec, batch_size)
+
+
+def run_worker(mode: str, backend: str, spec: dict, batch_sizes: Sequence[int], warmup: int,
+               iters: int) -> Dict[int, float]:
+    return {batch_size: median_seconds(build_runner(mode, backend, spec, batch_size), warmup, iters)
+            for batch_size in batch_sizes}
 
 
 # ---- orchestration ----
@@ -114,17 +207,15 @@ def _model_spec(model_name: str, threads: int, model_dir: str) -> dict:
     return dict(model=model_name, model_dir=model_dir, threads=threads, num_classes=model.num_classes,
                 input_size=list(model.default_cfg['input_size']), depths=[len(s.blocks) for s in stages],
                 dims=[s.patch_embed.proj.weight.shape[0] for s in stages],
-                heads=[s.blocks[0].attn.num_heads for s in stages])
+                heads=[s.blocks[0].attn.num_heads for s in stages],
+                # A stage's rates rise linearly to its last block's; an Identity there means rate 0.
+                drop_path_rates=[getattr(s.blocks[-1].drop_path, 'drop_prob', 0.0) for s in stages])
 
 
 def _export(spec: dict, with_onnx: bool) -> None:
-    import paddle
     from datasets.transforms import resolve_data_cfg
-    from models import create_model
     from utils.deploy import export_inference_model
-    paddle.seed(0)
-    model = create_model(spec['model'])
-    model.eval()
+    model = _paddle_model(spec, training=False)
     export_inference_model(model, spec['model_dir'], spec['model'], resolve_data_cfg(model.default_cfg),
                            onnx=with_onnx)
 
@@ -136,11 +227,12 @@ def _has_module(python: str, *modules: str) -> bool:
 
 def _time_backend(python: str, backend: str, spec: dict, args) -> Dict[int, float]:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    cmd = [python, os.path.abspath(__file__), '--worker', backend, '--worker_args', json.dumps(spec),
-           '--batch_sizes', *map(str, args.batch_sizes), '--warmup', str(args.warmup), '--iters', str(args.iters)]
+    cmd = [python, os.path.abspath(__file__), '--mode', args.mode, '--worker', backend,
+           '--worker_args', json.dumps(spec), '--batch_sizes', *map(str, args.batch_sizes),
+           '--warmup', str(args.warmup), '--iters', str(args.iters)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+        last = (proc.stderr.strip().splitlines() or ['no output'])[-1].removeprefix('error: ')  # run_main's
         raise ValueError(f'{backend}: benchmark worker failed: {last}')
     return {int(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
@@ -159,15 +251,20 @@ def _available(args) -> List[tuple]:
     return plan
 
 
-def format_table(results: Dict[str, Dict[int, float]], batch_sizes: Sequence[int]) -> str:
-    """Latency (batch 1) or images/s per batch size, and the speed ratio to the torch row (>1: faster)."""
+def format_table(results: Dict[str, Dict[int, float]], batch_sizes: Sequence[int], mode: str = 'infer') -> str:
+    """Latency (inference at batch 1) or images/s per batch size, and the speed ratio to the torch row
+    (ours / torch images/s; >1: faster)."""
     reference = results.get(REFERENCE)
-    header = ['backend'] + [f'b{b} ms' if b == 1 else f'b{b} img/s' for b in batch_sizes]
+
+    def latency(batch_size):
+        return mode == 'infer' and batch_size == 1
+
+    header = ['backend'] + [f'b{b} ms' if latency(b) else f'b{b} img/s' for b in batch_sizes]
     if reference:
         header += [f'b{b} vs torch' for b in batch_sizes]
     rows = [header]
     for backend, timing in results.items():
-        row = [backend] + [f'{1000 * timing[b]:.1f}' if b == 1 else f'{b / timing[b]:.1f}' for b in batch_sizes]
+        row = [backend] + [f'{1000 * timing[b]:.1f}' if latency(b) else f'{b / timing[b]:.1f}' for b in batch_sizes]
         if reference:
             row += [f'{reference[b] / timing[b]:.2f}x' for b in batch_sizes]
         rows.append(row)
@@ -177,10 +274,10 @@ def format_table(results: Dict[str, Dict[int, float]], batch_sizes: Sequence[int
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = resolve_mode_defaults(build_parser().parse_args(argv))
     if args.worker:
         spec = json.loads(args.worker_args)
-        print(json.dumps(run_worker(args.worker, spec, args.batch_sizes, args.warmup, args.iters)))
+        print(json.dumps(run_worker(args.mode, args.worker, spec, args.batch_sizes, args.warmup, args.iters)))
         return 0
     from utils.env import configure_cpu_threads
     configure_cpu_threads()
@@ -192,13 +289,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         load_before = os.getloadavg()
         results = {backend: _time_backend(python, backend, spec, args) for backend, python in plan}
         load_after = os.getloadavg()
-    print(f'{args.model}, {args.threads} threads, input {spec["input_size"]}, warm-up {args.warmup}, '
+    timed = 'one AdamW training step' if args.mode == 'train' else 'inference'
+    print(f'{args.model} {timed}, {args.threads} threads, input {spec["input_size"]}, warm-up {args.warmup}, '
           f'median of {args.iters}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after '
           f'({os.cpu_count()} CPUs)')
-    print(format_table(results, args.batch_sizes))
-    record = dict(model=args.model, threads=args.threads, warmup=args.warmup, iters=args.iters,
+    print(format_table(results, args.batch_sizes, args.mode))
+    record = dict(model=args.model, mode=args.mode, threads=args.threads, warmup=args.warmup, iters=args.iters,
                   load_average=[load_before[0], load_after[0]],
-                  median_seconds={k: {str(b): v for b, v in t.items()} for k, t in results.items()})
+                  median_seconds={k: {str(b): v for b, v in t.items()} for k, t in results.items()},
+                  images_per_second={k: {str(b): b / v for b, v in t.items()} for k, t in results.items()})
     if args.output_json:
         from utils.inference import write_json
         write_json(args.output_json, record)

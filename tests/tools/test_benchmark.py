@@ -1,0 +1,40 @@
+"""tools/benchmark.py: one-iteration dygraph runs on cvt_tiny in both modes, mode defaults, the table."""
+import json
+
+import pytest
+
+from tools.benchmark import REFERENCE, build_parser, format_table, main, resolve_mode_defaults
+
+
+@pytest.mark.parametrize('mode', ['infer', 'train'])
+def test_one_iteration_writes_json(tmp_path, capsys, mode):
+    out = tmp_path / 'bench.json'
+    code = main(['--mode', mode, '--model', 'cvt_tiny', '--backends', 'dygraph', '--batch_sizes', '2',
+                 '--threads', '1', '--warmup', '0', '--iters', '1', '--output_json', str(out)])
+    assert code == 0
+    stdout = capsys.readouterr().out.strip().splitlines()
+    record = json.loads(out.read_text())
+    assert json.loads(stdout[-1]) == record
+    assert stdout[-2].startswith('dygraph') and 'b2 img/s' in stdout[-3]
+    assert (record['model'], record['mode'], record['threads'], record['iters']) == ('cvt_tiny', mode, 1, 1)
+    seconds = record['median_seconds']['dygraph']['2']
+    assert seconds > 0 and record['images_per_second']['dygraph']['2'] == pytest.approx(2 / seconds)
+    assert list(record['median_seconds']) == ['dygraph'] and len(record['load_average']) == 2
+
+
+def test_train_mode_defaults_and_unsupported_backend():
+    args = resolve_mode_defaults(build_parser().parse_args(['--mode', 'train']))
+    assert args.batch_sizes == [16] and args.backends == ['dygraph', REFERENCE]
+    infer = resolve_mode_defaults(build_parser().parse_args([]))
+    assert infer.batch_sizes == [1, 32] and 'paddle_inference' in infer.backends
+    with pytest.raises(ValueError, match='--mode train times only dygraph'):
+        resolve_mode_defaults(build_parser().parse_args(['--mode', 'train', '--backends', 'onnxruntime']))
+
+
+def test_table_ratio_is_ours_over_torch_and_train_batch1_is_images_per_second():
+    results = {'dygraph': {1: 0.5, 16: 4.0}, REFERENCE: {1: 1.0, 16: 8.0}}
+    train = format_table(results, [1, 16], mode='train').splitlines()
+    assert train[0].split() == ['backend', 'b1', 'img/s', 'b16', 'img/s', 'b1', 'vs', 'torch', 'b16', 'vs', 'torch']
+    assert train[1].split() == ['dygraph', '2.0', '4.0', '2.00x', '2.00x']
+    assert train[2].split() == [REFERENCE, '1.0', '2.0', '1.00x', '1.00x']
+    assert format_table(results, [1], mode='infer').splitlines()[1].split()[:2] == ['dygraph', '500.0']
