@@ -3,9 +3,9 @@
     python eval.py DATA_DIR --model cvt_13_224x224 --pretrained cvt_13_224x224
     python -m paddle.distributed.launch --nproc_per_node 8 eval.py DATA_DIR --model ... --resume CKPT
 """
-from utils.env import configure_cpu_threads
+from utils.env import configure_cpu_runtime
 
-configure_cpu_threads()
+configure_cpu_runtime()
 
 import argparse  # noqa: E402
 from typing import Optional, Sequence  # noqa: E402

@@ -3,9 +3,9 @@
     python export_model.py --model cvt_13_224x224 --pretrained cvt_13_224x224 --output inference/cvt_13 --onnx
     python infer.py --model_dir inference/cvt_13 --input_file demo/
 """
-from utils.env import configure_cpu_threads
+from utils.env import configure_cpu_runtime
 
-configure_cpu_threads()
+configure_cpu_runtime()
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -3,9 +3,9 @@ come from the export folder's inference.yml.
 
     python infer.py --model_dir inference/cvt_13 --input_file demo/ --benchmark
 """
-from utils.env import configure_cpu_threads
+from utils.env import configure_cpu_runtime
 
-configure_cpu_threads()
+configure_cpu_runtime()
 
 import argparse  # noqa: E402
 import time  # noqa: E402
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help='onnxruntime runs DIR/model.onnx (export_model.py --onnx)')
     dev.add_argument('--use_gpu', action='store_true', help='run on GPU 0 (needs a CUDA build)')
     add_bool(dev, 'enable_mkldnn', True, 'oneDNN kernels on CPU')
-    dev.add_argument('--cpu_threads', type=int, default=configure_cpu_threads(), help='CPU math threads')
+    dev.add_argument('--cpu_threads', type=int, default=configure_cpu_runtime(), help='CPU math threads')
     dev.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'int8'),
                      help='fp16 needs --use_gpu, int8 needs --use_tensorrt')
     dev.add_argument('--use_tensorrt', action='store_true', help='TensorRT subgraphs (GPU build with TensorRT)')

@@ -2,9 +2,9 @@
 
     python predict.py --infer_imgs demo/ photo.jpg 'more/*.png' --model cvt_13_224x224 --pretrained cvt_13_224x224
 """
-from utils.env import configure_cpu_threads
+from utils.env import configure_cpu_runtime
 
-configure_cpu_threads()
+configure_cpu_runtime()
 
 import argparse  # noqa: E402
 from typing import Optional, Sequence  # noqa: E402

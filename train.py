@@ -11,9 +11,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from utils.env import configure_cpu_threads  # noqa: E402
+from utils.env import configure_cpu_runtime  # noqa: E402
 
-configure_cpu_threads()
+configure_cpu_runtime()
 
 import paddle  # noqa: E402
 

@@ -6,9 +6,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.env import configure_cpu_threads  # noqa: E402
+from utils.env import configure_cpu_runtime  # noqa: E402
 
-configure_cpu_threads()
+configure_cpu_runtime()
 
 import pytest  # noqa: E402
 

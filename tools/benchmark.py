@@ -279,8 +279,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         spec = json.loads(args.worker_args)
         print(json.dumps(run_worker(args.mode, args.worker, spec, args.batch_sizes, args.warmup, args.iters)))
         return 0
-    from utils.env import configure_cpu_threads
-    configure_cpu_threads()
+    from utils.env import configure_cpu_runtime
+    configure_cpu_runtime()
     plan = _available(args)
     with tempfile.TemporaryDirectory(prefix='cvt-bench-') as tmp:
         spec = _model_spec(args.model, args.threads, os.path.join(tmp, 'export'))

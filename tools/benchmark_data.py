@@ -18,9 +18,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.env import configure_cpu_threads  # noqa: E402
+from utils.env import configure_cpu_runtime  # noqa: E402
 
-configure_cpu_threads()
+configure_cpu_runtime()
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -10,9 +10,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `python tools/check_export.py`
 
-from utils.env import configure_cpu_threads  # noqa: E402
+from utils.env import configure_cpu_runtime  # noqa: E402
 
-configure_cpu_threads()
+configure_cpu_runtime()
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f'images, folders or globs (default: {NUM_RANDOM_IMAGES} seeded random-pixel images)')
     parser.add_argument('--atol', type=float, default=1e-5, help='largest allowed |probability difference|')
     add_bool(parser, 'enable_mkldnn', True, 'oneDNN kernels in the Paddle predictor, as infer.py uses by default')
-    parser.add_argument('--cpu_threads', type=int, default=configure_cpu_threads(), help='CPU math threads')
+    parser.add_argument('--cpu_threads', type=int, default=configure_cpu_runtime(), help='CPU math threads')
     parser.add_argument('--debug', action='store_true', help='full traceback on errors')
     return parser
 

@@ -1,0 +1,42 @@
+"""CPU runtime settings made before paddle loads: threads, MKL's AVX2 path on AMD, Pillow before paddle."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from utils.env import uses_mkl_generic_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fresh_env(code: str, **env):
+    base = {k: v for k, v in os.environ.items() if k not in ('OMP_NUM_THREADS', 'MKL_DEBUG_CPU_TYPE')}
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env={**base, **env}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
+    return out.stdout.split()
+
+
+def test_mkl_generic_path_is_detected_on_amd_with_avx2_only():
+    assert uses_mkl_generic_path('vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma')
+    assert not uses_mkl_generic_path('vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx avx2 fma')
+    assert not uses_mkl_generic_path('vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx')
+
+
+def test_settings_fill_only_what_the_user_left_unset():
+    code = ('import os; from utils.env import configure_cpu_runtime; configure_cpu_runtime(); '
+            'print(os.environ["OMP_NUM_THREADS"], os.environ.get("MKL_DEBUG_CPU_TYPE", "-"))')
+    threads, mkl = _fresh_env(code)
+    assert int(threads) == len(os.sched_getaffinity(0))
+    amd = uses_mkl_generic_path(Path('/proc/cpuinfo').read_text(errors='replace'))
+    assert mkl == ('5' if amd else '-')
+    assert _fresh_env(code, OMP_NUM_THREADS='1', MKL_DEBUG_CPU_TYPE='0') == ['1', '0']
+
+
+def test_pngs_decode_after_paddle_is_imported(tmp_path):
+    # Paddle 2.6's libpaddle exports zlib symbols; utils.env loads Pillow's first (see its docstring).
+    from PIL import Image
+    Image.new('RGB', (8, 8), (10, 20, 30)).save(tmp_path / 'x.png')
+    code = (f'import utils.env, paddle; from PIL import Image; '
+            f'print(Image.open({str(tmp_path / "x.png")!r}).convert("RGB").getpixel((1, 1)))')
+    assert ''.join(_fresh_env(code)) == '(10,20,30)'
