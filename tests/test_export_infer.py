@@ -195,3 +195,15 @@ def test_infer_model_dir_without_model(export_dir, assets, tmp_path, capsys):
 def test_infer_refuses_what_a_cpu_build_cannot_serve(flags, expected, export_dir, assets, capsys):
     err = _infer_error(['--model_dir', str(export_dir), '--input_file', str(assets / 'images'), *flags], capsys)
     assert expected in err
+
+
+def test_onnx_export_with_an_incompatible_paddle2onnx_says_so(monkeypatch):
+    class RefusingFinder:  # paddle2onnx 2.x raises ValueError at import under Paddle 2.x
+        def find_spec(self, name, path=None, target=None):
+            if name == 'paddle2onnx':
+                raise ValueError('The paddlepaddle version should not be less than 3.0.0')
+            return None
+    monkeypatch.delitem(sys.modules, 'paddle2onnx', raising=False)
+    monkeypatch.setattr(sys, 'meta_path', [RefusingFinder()] + sys.meta_path)
+    with pytest.raises(ValueError, match=r'--onnx: paddle2onnx cannot run with this Paddle .*use paddle2onnx<2'):
+        check_onnx_export_available()

@@ -25,12 +25,16 @@ ONNX_PACKAGES = 'pip install paddle2onnx onnxruntime onnx-graphsurgeon sympy'
 
 
 def check_onnx_export_available() -> None:
-    """Fail before any work when paddle2onnx is missing (it would otherwise pip-install its helpers mid-export)."""
+    """Fail before any work when paddle2onnx is missing (it would otherwise pip-install its helpers mid-export)
+    or unusable (paddle2onnx 2.x refuses to import under Paddle 2.x)."""
     for module in ('paddle2onnx', 'onnx_graphsurgeon'):
         try:
             __import__(module)
         except ImportError:
             raise ValueError(f'--onnx needs {module}, which is not installed: {ONNX_PACKAGES}') from None
+        except ValueError as e:
+            raise ValueError(f'--onnx: {module} cannot run with this Paddle {paddle.__version__} '
+                             f'({str(e).splitlines()[0][:120]}); on Paddle 2.x use paddle2onnx<2') from None
 
 
 def _plain(value):
