@@ -298,10 +298,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   load_average=[load_before[0], load_after[0]],
                   median_seconds={k: {str(b): v for b, v in t.items()} for k, t in results.items()},
                   images_per_second={k: {str(b): b / v for b, v in t.items()} for k, t in results.items()})
-    if args.output_json:
-        from utils.inference import write_json
-        write_json(args.output_json, record)
-    print(json.dumps(record))
+    from utils.inference import report  # deferred: workers of this script must not import paddle early
+    report(record, args.output_json)
     return 0
 
 

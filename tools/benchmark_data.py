@@ -404,14 +404,6 @@ def _row(name: str, job: dict, ours: dict, timm_result: Optional[dict]) -> dict:
     return row
 
 
-def write_json(path: str, result: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile('w', dir=folder, suffix='.tmp', delete=False) as f:
-        json.dump(result, f, indent=2)
-    os.replace(f.name, path)
-
-
 def compare_per_worker(jobs: List[dict], paths: List[str], labels: List[int], args: argparse.Namespace,
                        timm_side: Optional[TimmSide]) -> List[dict]:
     """Table rows for the per-worker jobs; ours and timm passes alternate, so both see the same host load."""
@@ -476,9 +468,8 @@ def main(argv=None) -> int:
     print(f"{len(paths)} JPEGs ({origin}, {result['mean_file_kb']:.0f} KB avg), batch {args.batch_size} x "
           f"{args.iters} iters, best of {args.repeats}; {result['cpus']} CPUs, load avg {load} before")
     print(format_table(result['rows']))
-    if args.json:
-        write_json(args.json, result)
-    print(json.dumps(result))
+    from utils.inference import report  # deferred: the timm side imports this file without paddle
+    report(result, args.json)
     return 0
 
 
