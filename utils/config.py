@@ -128,7 +128,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--reprob', type=float, default=0.25, help='random-erasing probability')
     g.add_argument('--remode', default='pixel', choices=('const', 'rand', 'pixel'), help='random-erasing fill')
     g.add_argument('--recount', type=int, default=1, help='random-erasing regions per image')
-    add_bool(g, 'repeated_aug', False, 'repeated-augmentation sampler (DeiT RASampler) in distributed runs')
+    add_bool(g, 'repeated_aug', False, 'repeated-augmentation sampler (DeiT RASampler): an epoch keeps its length '
+             'but shows a third of the images 3 times each, differently augmented, the copies on different ranks')
 
     g = parser.add_argument_group('mixup', 'Mixup/CutMix on the batch; targets become soft')
     g.add_argument('--mixup', type=float, default=0.8, help='Mixup alpha; 0 turns Mixup off')
