@@ -2,7 +2,7 @@
 protocols (resize shorter side + centre crop, or squash), in PIL + numpy; no paddle, no torch.
 
 Every transform maps a PIL image (or an HWC uint8 array) to a float32 CHW array normalised by
-mean/std. Randomness comes only from `random` and `np.random`, which the loader seeds per worker.
+mean/std. Randomness comes only from `random` and `np.random`, which the dataset seeds per sample.
 """
 import math
 import random
