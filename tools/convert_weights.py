@@ -40,7 +40,7 @@ def convert(args: argparse.Namespace) -> dict:
     model = create_model(args.model, **overrides)
     report = load_weights(model, args.src, key=args.key)
     save_state_dict(model.state_dict(), args.dst)
-    n_params = sum(int(p.size) for p in model.parameters())
+    n_params = sum(int(p.size) for p in model.parameters() if not p.stop_gradient)  # trainable: BN statistics are not
     return dict(src=args.src, dst=args.dst, model=args.model, format=report['format'],
                 tensors=report['loaded'], params=n_params)
 
