@@ -1,5 +1,4 @@
 """Test session setup: CPU threads before paddle loads, repo root importable, shared paths."""
-import os
 import sys
 from pathlib import Path
 
