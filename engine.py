@@ -65,14 +65,18 @@ def train_one_epoch(model: paddle.nn.Layer, criterion: Callable, loader, optimiz
     logger = MetricLogger(logger=_logger)
     logger.add_meter('lr', SmoothedValue(window_size=1, fmt='{value:.6f}'))
     header = f'Epoch: [{state.epoch}]'
-    steps_per_epoch = loader.batch_sampler.num_batches  # whole epoch; len() counts only what is left
+    # Whole accumulation groups only: every update sees batch x world x update_freq images, and the
+    # trailing micro-batches that cannot fill one are skipped (len() counts only what is left to read).
+    steps_per_epoch = loader.batch_sampler.num_batches // update_freq * update_freq
     start = state.step_in_epoch
     optimizer.clear_grad()
     if start:
         _logger.info('resuming inside epoch %d at step %d/%d', state.epoch, start, steps_per_epoch)
     for images, targets in logger.log_every(loader, print_freq, header):
         step = state.step_in_epoch
-        update_now = (step + 1) % update_freq == 0 or step + 1 == steps_per_epoch
+        if step >= steps_per_epoch:
+            break
+        update_now = (step + 1) % update_freq == 0
         paddle.seed(step_seed(seed, rank, state.epoch, step))
         if mixup is not None:
             mixup.reseed(step_seed(seed, rank, state.epoch, step))

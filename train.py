@@ -111,10 +111,13 @@ def main(argv=None) -> int:
     criterion = build_criterion(args, mixup)
     optimizer = build_optimizer(model, args.opt, args.lr, args.weight_decay, tuple(args.opt_betas), args.opt_eps,
                                 args.momentum, args.clip_grad, args.clip_mode)
-    steps_per_epoch = train_loader.batch_sampler.num_batches
+    steps_per_epoch = train_loader.batch_sampler.num_batches // args.update_freq  # optimizer updates
+    if steps_per_epoch == 0:
+        raise ValueError(f'--update_freq {args.update_freq}: each process gets only '
+                         f'{train_loader.batch_sampler.num_batches} batches per epoch; lower it or --batch_size')
     scheduler = CosineScheduler(args.lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr,
                                 per_step=args.sched_on_updates,
-                                steps_per_epoch=max(steps_per_epoch // args.update_freq, 1))
+                                steps_per_epoch=steps_per_epoch)
     amp = AmpConfig(args.amp, args.amp_dtype, args.amp_level)
     scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 16) if amp.enable and amp.dtype == 'float16' else None
     if amp.enable and amp.level == 'O2':
@@ -157,7 +160,7 @@ def main(argv=None) -> int:
         if args.save_every_steps and s.global_step % args.save_every_steps == 0 and rank == 0:
             ckpts.save_latest(checkpoint_state())
 
-    logger.info('training %s for %d epochs: %d steps/epoch, global batch %d, data %s', args.model, args.epochs,
+    logger.info('training %s for %d epochs: %d updates/epoch, global batch %d, data %s', args.model, args.epochs,
                 steps_per_epoch, global_batch, data_cfg)
     replaced_before = 0
     while state.epoch < args.epochs:

@@ -114,15 +114,37 @@ def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_weights(digits
     assert [r['epoch'] for r in _log(tmp_path / 'killed')] == [0, 1]  # no duplicated epoch lines
 
 
+def _identical_images_dataset(root):
+    """4 classes x 3 train images that are all the same picture (labels differ): BatchNorm's batch
+    statistics are then the same for any split of a batch, so runs that split the global batch
+    differently (ranks, accumulation) must agree."""
+    write_digits_dataset(str(root), image_size=32, per_class=4, num_classes=4, val_fraction=0.25)
+    one = next((root / 'train' / 'digit_0').iterdir()).read_bytes()
+    for image in (root / 'train').rglob('*.png'):
+        image.write_bytes(one)
+    return root
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path):
+    data = _identical_images_dataset(tmp_path / 'same')
+    sgd = ['--opt', 'sgd', '--lr', '0.05', '--weight_decay', '0.05', '--epochs', '3']
+    assert train.main([str(data), '--output', str(tmp_path), *PLAIN, *sgd, '--batch_size', '8',
+                       '--experiment', 'big']) == 0
+    assert train.main([str(data), '--output', str(tmp_path), *PLAIN, *sgd, '--batch_size', '4', '--update_freq', '2',
+                       '--experiment', 'accumulated']) == 0
+    big, accumulated = _final_weights(tmp_path / 'big'), _final_weights(tmp_path / 'accumulated')
+    # BatchNorm running statistics advance once per forward pass (twice per update here), as in torch
+    for name in (k for k in big if not k.endswith(('._mean', '._variance'))):
+        np.testing.assert_allclose(accumulated[name], big[name], atol=1e-5, err_msg=name)
+    state = load_training_state(str(tmp_path / 'accumulated' / 'checkpoint-latest.pd'))
+    assert state['global_step'] == 3  # one optimizer update per epoch of 2 micro-batches
+
+
 @pytest.mark.slow
 def test_two_process_data_parallel_equals_one_process_with_the_same_global_batch(tmp_path):
-    # Every image identical (labels differ): BatchNorm's per-rank batch statistics then equal the global
-    # ones (no SyncBatchNorm kernel on CPU), so any difference comes from the data-parallel machinery.
-    data = tmp_path / 'same'
-    write_digits_dataset(str(data), image_size=32, per_class=4, num_classes=4, val_fraction=0.25)
-    one = next((data / 'train' / 'digit_0').iterdir()).read_bytes()
-    for image in (data / 'train').rglob('*.png'):
-        image.write_bytes(one)
+    # Identical images: per-rank BatchNorm statistics equal the global ones (no SyncBatchNorm kernel on
+    # CPU), so any difference comes from the data-parallel machinery.
+    data = _identical_images_dataset(tmp_path / 'same')
     # SGD: its update is linear in the gradient. Adam's first steps move every weight by ~lr * sign(grad), so
     # float rounding of near-zero gradients (summed over ranks vs over one batch) would flip whole steps.
     sgd = ['--opt', 'sgd', '--lr', '0.05', '--weight_decay', '0.05', '--epochs', '3']
