@@ -133,7 +133,8 @@ def main(argv=None) -> int:
         ckpt = load_training_state(resume_path)
         load_weights(model, resume_path, key='model')
         load_optimizer_state(optimizer, model, ckpt['optimizer'])
-        scheduler.set_state_dict(ckpt['scheduler'])  # the same curve, even if flags changed (warned per key)
+        if ckpt.get('scheduler'):  # the same curve, even if flags changed (warned per key)
+            scheduler.set_state_dict(ckpt['scheduler'])
         if scaler is not None and ckpt.get('scaler'):
             scaler.load_state_dict(ckpt['scaler'])
         if model_ema is not None and ckpt.get('model_ema') is not None:
