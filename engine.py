@@ -4,7 +4,7 @@ It loops and returns averages; it builds nothing, writes no files and leaves eva
 `utils.evaluation.evaluate` (the same loop eval.py uses).
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -46,7 +46,6 @@ class TrainState:
     step_in_epoch: int = 0
     global_step: int = 0  # optimizer updates so far
     bad_steps: int = 0  # consecutive skipped steps
-    extra: Dict = field(default_factory=dict)
 
 
 def train_one_epoch(model: paddle.nn.Layer, criterion: Callable, loader, optimizer, scheduler, state: TrainState, *,

@@ -19,9 +19,7 @@ def evaluate(model: paddle.nn.Layer, loader, amp: bool = False) -> Dict[str, flo
     model.eval()
     # correct@1, correct@5, summed loss, images; float64 so 1.28M-image sums stay exact
     totals = paddle.zeros([4], dtype='float64')
-    for images, target in loader:
-        images = paddle.to_tensor(images) if not isinstance(images, paddle.Tensor) else images
-        target = paddle.to_tensor(target) if not isinstance(target, paddle.Tensor) else target
+    for images, target in loader:  # build_loader yields paddle tensors
         with paddle.amp.auto_cast(enable=amp):
             output = model(images)
         output = output.astype('float32')  # loss and top-k in fp32 whatever the autocast dtype
