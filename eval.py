@@ -13,6 +13,7 @@ from typing import Optional, Sequence  # noqa: E402
 from datasets.imagenet import build_dataset  # noqa: E402
 from datasets.loader import build_loader  # noqa: E402
 from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
+from utils.amp import AmpConfig  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.distributed import init_distributed, is_main_process  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     protocol.add_argument('--interpolation', choices=('nearest', 'bilinear', 'bicubic'), help='resize filter')
     add_weight_args(parser)
     run = parser.add_argument_group('run')
-    run.add_argument('--amp', action='store_true', help='autocast to fp16 (CUDA only)')
+    run.add_argument('--amp', action='store_true', help='autocast (CUDA only), in --amp_dtype')
+    run.add_argument('--amp_dtype', default='float16', choices=('float16', 'bfloat16'), help='autocast dtype')
     run.add_argument('--output_json', metavar='FILE', help='also write the result here')
     run.add_argument('--debug', action='store_true', help='full traceback on errors')
     return parser
@@ -53,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             bad_image_policy='error')  # a skipped image would change the score
     loader = build_loader(dataset, args.batch_size, is_train=False, num_replicas=world_size, rank=rank,
                           num_workers=args.num_workers)
-    stats = evaluate(model, loader, amp=args.amp)
+    stats = evaluate(model, loader, amp=AmpConfig(args.amp, args.amp_dtype))
     if not is_main_process():
         return 0
     result = dict(model=args.model, weights=args.resume or args.pretrained, use_ema=args.use_ema,

@@ -21,10 +21,11 @@ from datasets.imagenet import build_dataset  # noqa: E402
 from datasets.loader import build_loader  # noqa: E402
 from datasets.mixup import Mixup  # noqa: E402
 from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
-from engine import AmpConfig, NonFiniteLossError, TrainState, train_one_epoch  # noqa: E402
+from engine import NonFiniteLossError, TrainState, train_one_epoch  # noqa: E402
 from models import create_model  # noqa: E402
 from utils.checkpoint import (BEST, BEST_EMA, CheckpointManager, load_optimizer_state,  # noqa: E402
                               load_training_state, optimizer_state_by_name)
+from utils.amp import AmpConfig, build_grad_scaler, decorate_o2, fp32_state_dict  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import build_train_parser, dump_config, parse_args  # noqa: E402
 from utils.distributed import (broadcast_buffers, init_distributed, unwrap_model,  # noqa: E402
@@ -119,11 +120,9 @@ def main(argv=None) -> int:
                                 per_step=args.sched_on_updates,
                                 steps_per_epoch=steps_per_epoch)
     amp = AmpConfig(args.amp, args.amp_dtype, args.amp_level)
-    scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 16) if amp.enable and amp.dtype == 'float16' else None
+    scaler = build_grad_scaler(amp)
     if amp.enable and amp.level == 'O2':
-        model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level='O2', dtype=amp.dtype,
-                                               master_weight=True,
-                                               excluded_layers=[paddle.nn.LayerNorm, paddle.nn.BatchNorm2D])
+        model, optimizer = decorate_o2(model, optimizer, amp.dtype)
     model_ema = ModelEma(model, args.model_ema_decay) if args.model_ema else None
 
     state = TrainState()
@@ -151,7 +150,7 @@ def main(argv=None) -> int:
     wandb_run = _init_wandb(args, run_dir) if args.log_wandb and rank == 0 else None
 
     def checkpoint_state():
-        return {'model': unwrap_model(model).state_dict(), 'optimizer': optimizer_state_by_name(optimizer, model),
+        return {'model': fp32_state_dict(unwrap_model(model), optimizer), 'optimizer': optimizer_state_by_name(optimizer, model),
                 'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler is not None else {},
                 'model_ema': model_ema.state_dict() if model_ema is not None else None,
                 'epoch': state.epoch, 'step_in_epoch': state.step_in_epoch, 'global_step': state.global_step,
@@ -180,6 +179,7 @@ def main(argv=None) -> int:
         except NonFiniteLossError as e:
             logger.error(str(e))
             return 2
+        state.epoch, state.step_in_epoch = epoch + 1, 0
         replaced, replaced_before = train_set.num_replaced - replaced_before, train_set.num_replaced
         if replaced:
             logger.warning('epoch %d: %d unreadable images were replaced by other samples (see the warnings above)',
@@ -192,11 +192,11 @@ def main(argv=None) -> int:
                   / (time.time() - start),
                   'bad_images_replaced': replaced, 'n_parameters': n_params}
         if (epoch + 1) % args.eval_freq == 0 or state.epoch == args.epochs:
-            record.update({f'test_{k}': v for k, v in evaluate(unwrap_model(model), val_loader, amp.enable).items()})
+            record.update({f'test_{k}': v for k, v in evaluate(unwrap_model(model), val_loader, amp).items()})
             best['acc1'] = max(best['acc1'], record['test_acc1'])
             record['best_acc1'] = best['acc1']
             if model_ema is not None:
-                ema_stats = evaluate(model_ema.module, val_loader, amp.enable)
+                ema_stats = evaluate(model_ema.module, val_loader, amp)
                 record.update({f'test_ema_{k}': v for k, v in ema_stats.items()})
                 best['ema_acc1'] = max(best['ema_acc1'], ema_stats['acc1'])
                 record['best_ema_acc1'] = best['ema_acc1']

@@ -201,7 +201,7 @@ def test_non_finite_losses_skip_steps_then_stop():
     optimizer = build_optimizer(model, lr=1e-3)
     nan_loss = lambda output, target: output.mean() * float('nan')  # noqa: E731
     state = TrainState()
-    with pytest.raises(NonFiniteLossError, match='2 consecutive steps had a non-finite loss'):
+    with pytest.raises(NonFiniteLossError, match='2 consecutive updates had a non-finite loss'):
         train_one_epoch(model, nan_loss, _Loader(), optimizer, CosineScheduler(1e-3, 10), state, max_bad_steps=2)
     for k, v in model.state_dict().items():
         if not k.endswith(('_mean', '_variance')):  # BN running stats move in the forward pass

@@ -50,14 +50,18 @@ def _tensor_names(model) -> Dict[str, str]:
 
 
 def optimizer_state_by_name(optimizer: paddle.optimizer.Optimizer, model) -> Dict[str, Any]:
-    """The optimizer's state dict with every tensor-name key rewritten to `structured@accumulator`."""
+    """The optimizer's state dict with every tensor-name key rewritten to `structured@accumulator`.
+
+    O2 master weights are keyed `structured@fp32_master_0`: their own name (which the moments of an O2
+    run are keyed by) is rebuilt from it on restore.
+    """
     names = _tensor_names(model)
     # Longest first, so 'linear_1.w_0' never claims 'linear_11.w_0_moment1_0'.
     prefixes = sorted(names, key=len, reverse=True)
     out: Dict[str, Any] = {}
     for key, value in optimizer.state_dict().items():
         if key == 'master_weights':
-            out[key] = {names[k]: v for k, v in value.items()}
+            out[key] = {f'{names[k]}{_SEP}{v.name[len(k) + 1:]}': v for k, v in value.items()}
             continue
         owner = next((p for p in prefixes if key.startswith(p + '_')), None)
         out[f'{names[owner]}{_SEP}{key[len(owner) + 1:]}' if owner else key] = value
@@ -67,16 +71,26 @@ def optimizer_state_by_name(optimizer: paddle.optimizer.Optimizer, model) -> Dic
 def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Dict[str, Any]) -> None:
     """Inverse of `optimizer_state_by_name` for this model's current tensor names."""
     by_structured = {n: t for t, n in _tensor_names(model).items()}
+
+    def tensor_name(structured: str) -> str:
+        if structured not in by_structured:
+            raise KeyError(f"optimizer state names parameter '{structured}', which this model does not have")
+        return by_structured[structured]
+
     restored: Dict[str, Any] = {}
     for key, value in state.items():
         if key == 'master_weights':
-            restored[key] = {by_structured[k]: paddle.to_tensor(v) for k, v in value.items()}
+            restored[key] = {}
+            for stored, array in value.items():
+                structured, suffix = stored.split(_SEP, 1) if _SEP in stored else (stored, 'fp32_master_0')
+                master = paddle.to_tensor(array, dtype='float32')
+                # The optimizer finds an O2 run's moments by the master weight's own name.
+                master.name = f'{tensor_name(structured)}_{suffix}'
+                restored[key][tensor_name(structured)] = master
             continue
         if _SEP in key:
             name, accumulator = key.split(_SEP, 1)
-            if name not in by_structured:
-                raise KeyError(f"optimizer state names parameter '{name}', which this model does not have")
-            key = f'{by_structured[name]}_{accumulator}'
+            key = f'{tensor_name(name)}_{accumulator}'
         restored[key] = paddle.to_tensor(value) if isinstance(value, np.ndarray) else value
     optimizer.set_state_dict(restored)
 

@@ -21,8 +21,8 @@ def _is_float(tensor: paddle.Tensor) -> bool:
 class ModelEma:
     """EMA copy of a model; evaluate `ema.module`, checkpoint `ema.state_dict()`.
 
-    Build it from the bare model or a `paddle.DataParallel` wrapper (unwrapped here and in `update`),
-    after the weights are loaded, and call `update(model)` after every optimizer step.
+    Build it from the bare model or a `paddle.DataParallel` wrapper (unwrapped here), after the weights
+    are loaded, and call `update(state_dict)` after every optimizer step.
     """
 
     def __init__(self, model: nn.Layer, decay: float = 0.99996):
@@ -37,23 +37,18 @@ class ModelEma:
             param.stop_gradient = True
 
     @paddle.no_grad()
-    def update(self, model: nn.Layer) -> None:
-        """ema = decay * ema + (1 - decay) * model over every float entry; copy the rest."""
-        self._apply(model, lambda ema, new: ema.lerp_(new, 1.0 - self.decay))
+    def update(self, model_state: Dict[str, paddle.Tensor]) -> None:
+        """ema = decay * ema + (1 - decay) * model over every float entry; copy the rest.
 
-    @paddle.no_grad()
-    def set(self, model: nn.Layer) -> None:
-        """Copy the model's current weights into the EMA (e.g. after loading pretrained weights)."""
-        self._apply(model, lambda ema, new: ema.set_value(new))
-
-    def _apply(self, model: nn.Layer, float_fn) -> None:
-        model_state = unwrap_model(model).state_dict()
+        `model_state` is the training model's state dict (under O2, `utils.amp.fp32_state_dict`, so the
+        average follows the fp32 master weights rather than their low-precision copies).
+        """
         for name, ema_value in self.module.state_dict().items():
             if name not in model_state:
                 raise KeyError(f"ModelEma: model has no '{name}'; was the EMA built from a different model?")
             new = model_state[name].detach()
             if _is_float(ema_value):
-                float_fn(ema_value, new if new.dtype == paddle.float32 else new.astype('float32'))
+                ema_value.lerp_(new if new.dtype == paddle.float32 else new.astype('float32'), 1.0 - self.decay)
             else:
                 ema_value.set_value(new)
 

@@ -5,13 +5,16 @@ from typing import Dict
 import paddle
 import paddle.nn.functional as F
 
+from .amp import AmpConfig
 from .distributed import all_reduce_sum
 from .metrics import accuracy
 
 
 @paddle.no_grad()
-def evaluate(model: paddle.nn.Layer, loader, amp: bool = False) -> Dict[str, float]:
+def evaluate(model: paddle.nn.Layer, loader, amp: AmpConfig = AmpConfig()) -> Dict[str, float]:
     """{'acc1', 'acc5' (percent), 'loss' (mean cross-entropy), 'num_images'} over all ranks.
+
+    `amp` is the precision to run in (training passes its own, so a bf16 run is evaluated in bf16).
 
     Sums of correct predictions and losses, not per-batch means, are all-reduced, so uneven last
     batches and ranks holding one image fewer weigh exactly as many images as they hold.
@@ -20,7 +23,7 @@ def evaluate(model: paddle.nn.Layer, loader, amp: bool = False) -> Dict[str, flo
     # correct@1, correct@5, summed loss, images; float64 so 1.28M-image sums stay exact
     totals = paddle.zeros([4], dtype='float64')
     for images, target in loader:  # build_loader yields paddle tensors
-        with paddle.amp.auto_cast(enable=amp):
+        with amp.autocast():
             output = model(images)
         output = output.astype('float32')  # loss and top-k in fp32 whatever the autocast dtype
         batch = output.shape[0]
