@@ -9,6 +9,7 @@ checkpoint-latest/best/best-ema/<epoch>.pd; re-running the same command resumes 
 import os
 import sys
 import time
+from typing import Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from utils.env import configure_cpu_runtime  # noqa: E402
@@ -23,9 +24,9 @@ from datasets.mixup import Mixup  # noqa: E402
 from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
 from engine import NonFiniteLossError, TrainState, train_one_epoch  # noqa: E402
 from models import create_model  # noqa: E402
-from utils.checkpoint import (BEST, BEST_EMA, CheckpointManager, load_optimizer_state,  # noqa: E402
-                              load_training_state, optimizer_state_by_name)
-from utils.amp import AmpConfig, build_grad_scaler, decorate_o2, fp32_state_dict  # noqa: E402
+from utils.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager,  # noqa: E402
+                              TrainingCheckpoint, differing_settings, load_training_state)
+from utils.amp import AmpConfig, build_grad_scaler, decorate_o2  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import build_train_parser, dump_config, parse_args  # noqa: E402
 from utils.distributed import (broadcast_buffers, init_distributed, unwrap_model,  # noqa: E402
@@ -33,11 +34,13 @@ from utils.distributed import (broadcast_buffers, init_distributed, unwrap_model
 from utils.ema import ModelEma  # noqa: E402
 from utils.env import seed_everything  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
-from utils.logger import log_json, setup_logger, truncate_json_log  # noqa: E402
+from utils.logger import get_logger, log_json, setup_logger, truncate_json_log  # noqa: E402
 from utils.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
 from utils.scheduler import CosineScheduler, scale_lr  # noqa: E402
 from utils.weights import load_weights  # noqa: E402
+
+_logger = get_logger('train')
 
 
 def run_dir_of(args) -> str:
@@ -71,13 +74,72 @@ def build_criterion(args, mixup):
     return paddle.nn.CrossEntropyLoss()
 
 
+def run_identity(args, data_cfg: dict) -> dict:
+    """The settings that make a run directory's checkpoint this run's (utils.checkpoint.IDENTITY_KEYS)."""
+    def absolute(path):
+        return os.path.abspath(path) if path else None
+    return {'data_dir': absolute(args.data_dir), 'cls_label_path_train': absolute(args.cls_label_path_train),
+            'cls_label_path_val': absolute(args.cls_label_path_val), 'model': args.model,
+            'num_classes': args.num_classes, 'input_size': int(data_cfg['input_size'][-1])}
+
+
+def checkpoint_to_resume(args, ckpts: CheckpointManager, identity: dict):
+    """(path, checkpoint) this run continues from, or (None, None) for a fresh start.
+
+    Auto-resume continues only the same run; anything else is refused before a file is touched.
+    """
+    if args.resume:
+        return args.resume, load_training_state(args.resume)
+    latest = ckpts.latest()
+    if latest is None:
+        return None, None
+    if not args.auto_resume:
+        if args.overwrite:
+            return None, None
+        raise ValueError(f'{ckpts.output_dir} already holds a run ({LATEST}); --no_auto_resume would overwrite it: '
+                         f'add --overwrite to start over there, or name a new run with --experiment NAME')
+    ckpt = load_training_state(latest)
+    changed = differing_settings(ckpt.get('identity', {}), identity, IDENTITY_KEYS)
+    if changed:
+        what = ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in changed.items())
+        raise ValueError(f'{ckpts.output_dir} holds another run ({what}); start a new one with --experiment NAME, '
+                         f'or continue that checkpoint anyway with --resume {latest}')
+    return latest, ckpt
+
+
+def resumed_position(ckpt: dict, position: dict, args, world_size: int) -> Tuple[dict, str]:
+    """The position to continue from under the current flags, and the one line that says what follows what.
+
+    The checkpoint gives weights, optimizer, loss scale, EMA, best metrics and position; the flags give
+    the LR schedule, so `--epochs` extended from 3 to 5 gives the curve of a 5-epoch run from epoch 3 on.
+    A changed batch or world size maps a mid-epoch position by images seen.
+    """
+    saved = ckpt.get('args', {})
+    current = {**vars(args), 'world_size': world_size}
+    changed = differing_settings(saved, current, SCHEDULE_KEYS)
+    line = (f'weights, optimizer, loss scale, EMA and best metrics from the checkpoint; LR schedule from the flags '
+            f'(epochs {args.epochs}, lr {args.lr:.6g}, warmup {args.warmup_epochs} from {args.warmup_lr:g}, '
+            f'min_lr {args.min_lr:g})')
+    if changed:
+        line += '; changed since the checkpoint: ' + ', '.join(f'{k} {a} -> {b}' for k, (a, b) in changed.items())
+    images_per_step = {name: s.get('batch_size', args.batch_size) * s.get('world_size', world_size)
+                       for name, s in (('saved', saved), ('now', current))}
+    if position['step_in_epoch'] and images_per_step['saved'] != images_per_step['now']:
+        seen = position['step_in_epoch'] * images_per_step['saved']
+        step = seen // images_per_step['now'] // args.update_freq * args.update_freq
+        line += (f'; mid-epoch position mapped by images seen: step {position["step_in_epoch"]} x '
+                 f'{images_per_step["saved"]} images -> step {step} x {images_per_step["now"]}')
+        position = {**position, 'step_in_epoch': step}
+    return position, line
+
+
 def main(argv=None) -> int:
     args = parse_args(build_train_parser(), argv)
     if not args.data_dir:
         raise ValueError('train.py: expected DATA_DIR (a folder with train/ and val/), found none')
     rank, world_size = init_distributed()
     run_dir = run_dir_of(args)
-    logger = setup_logger(run_dir, rank)
+    logger = setup_logger(None, rank)  # the run folder is written only once it is known to be this run's
     ckpts = CheckpointManager(run_dir, keep=args.keep_checkpoints)
 
     # The same seed on every rank before the model is built: all ranks start from the same weights.
@@ -91,12 +153,17 @@ def main(argv=None) -> int:
                                        drop_rate=args.drop).items() if v is not None}
     model = create_model(args.model, pretrained=args.pretrained, **overrides)
     args.num_classes = model.num_classes
-    if args.finetune:
+    data_cfg, train_loader, val_loader = build_data(args, model.default_cfg, train_set, rank, world_size)
+    identity = run_identity(args, data_cfg)
+    resume_path, ckpt = checkpoint_to_resume(args, ckpts, identity)
+    logger = setup_logger(run_dir, rank)
+    if args.overwrite and resume_path is None and rank == 0:
+        ckpts.remove_run_files()
+    if args.finetune and resume_path is None:
         load_weights(model, args.finetune, skip_if_mismatched=('head.',))
     n_params = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
     logger.info('model %s: %d trainable parameters, %d classes', args.model, n_params, model.num_classes)
 
-    data_cfg, train_loader, val_loader = build_data(args, model.default_cfg, train_set, rank, world_size)
     global_batch = args.batch_size * world_size * args.update_freq
     if args.lr is None:
         args.lr = scale_lr(args.base_lr, args.base_batch_size, global_batch)
@@ -117,52 +184,60 @@ def main(argv=None) -> int:
         raise ValueError(f'--update_freq {args.update_freq}: each process gets only '
                          f'{train_loader.batch_sampler.num_batches} batches per epoch; lower it or --batch_size')
     scheduler = CosineScheduler(args.lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr,
-                                per_step=args.sched_on_updates,
-                                steps_per_epoch=steps_per_epoch)
+                                per_step=args.sched_on_updates, steps_per_epoch=steps_per_epoch)
     amp = AmpConfig(args.amp, args.amp_dtype, args.amp_level)
     scaler = build_grad_scaler(amp)
     if amp.enable and amp.level == 'O2':
         model, optimizer = decorate_o2(model, optimizer, amp.dtype)
     model_ema = ModelEma(model, args.model_ema_decay) if args.model_ema else None
+    checkpoint = TrainingCheckpoint(ckpts, model=model, optimizer=optimizer, scaler=scaler, model_ema=model_ema,
+                                    args={**vars(args), 'world_size': world_size}, identity=identity)
 
     state = TrainState()
-    best = {'acc1': 0.0, 'ema_acc1': 0.0}
-    resume_path = args.resume or (ckpts.latest() if args.auto_resume else None)
     if resume_path:
-        ckpt = load_training_state(resume_path)
-        load_weights(model, resume_path, key='model')
-        load_optimizer_state(optimizer, model, ckpt['optimizer'])
-        if ckpt.get('scheduler'):  # the same curve, even if flags changed (warned per key)
-            scheduler.set_state_dict(ckpt['scheduler'])
-        if scaler is not None and ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
-        if model_ema is not None and ckpt.get('model_ema') is not None:
-            model_ema.set_state_dict({k: paddle.to_tensor(v) for k, v in ckpt['model_ema'].items()})
-        state = TrainState(epoch=int(ckpt['epoch']), step_in_epoch=int(ckpt['step_in_epoch']),
-                           global_step=int(ckpt['global_step']))
-        best.update(ckpt.get('best', {}))
+        position, how = resumed_position(ckpt, checkpoint.load_state_dict(ckpt, resume_path), args, world_size)
+        state = TrainState(**position)
         if rank == 0:
             truncate_json_log(os.path.join(run_dir, 'log.txt'), state.epoch)
-        logger.info('resumed from %s at epoch %d step %d', resume_path, state.epoch, state.step_in_epoch)
+        logger.info('resumed from %s at epoch %d step %d: %s', resume_path, state.epoch, state.step_in_epoch, how)
+    del ckpt  # the optimizer holds its own copies; the pickle can be large
 
     if world_size > 1:
         model = paddle.DataParallel(model)
+        checkpoint.model = model
+    logger.info('training %s for %d epochs: %d updates/epoch, global batch %d, data %s', args.model, args.epochs,
+                steps_per_epoch, global_batch, data_cfg)
+    try:
+        fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, state, checkpoint, amp=amp,
+            scaler=scaler, mixup=mixup, model_ema=model_ema, train_set=train_set, rank=rank, world_size=world_size,
+            run_dir=run_dir, n_params=n_params)
+    except NonFiniteLossError as e:
+        logger.error(str(e))
+        return 2
+    if world_size > 1:
+        agree, checksum = weights_agree_across_ranks(model)
+        if not agree:
+            logger.error('ranks ended with different weights (checksum %r on rank %d)', checksum, rank)
+            return 3
+        logger.info('weights checksum %r identical on all %d ranks', checksum, world_size)
+    logger.info('done: best Acc@1 %.3f; files in %s', checkpoint.best['acc1'], run_dir)
+    return 0
+
+
+def fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, state: TrainState,
+        checkpoint: TrainingCheckpoint, *, amp, scaler, mixup, model_ema, train_set, rank: int, world_size: int,
+        run_dir: str, n_params: int) -> None:
+    """The epoch loop from `state` to `args.epochs`: train, evaluate, log, checkpoint."""
     wandb_run = _init_wandb(args, run_dir) if args.log_wandb and rank == 0 else None
 
-    def checkpoint_state():
-        return {'model': fp32_state_dict(unwrap_model(model), optimizer), 'optimizer': optimizer_state_by_name(optimizer, model),
-                'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler is not None else {},
-                'model_ema': model_ema.state_dict() if model_ema is not None else None,
-                'epoch': state.epoch, 'step_in_epoch': state.step_in_epoch, 'global_step': state.global_step,
-                'best': dict(best), 'seed': args.seed, 'args': vars(args)}
+    def position():
+        return {'epoch': state.epoch, 'step_in_epoch': state.step_in_epoch, 'global_step': state.global_step}
 
     def on_update(s: TrainState):
         if args.save_every_steps and s.global_step % args.save_every_steps == 0 and rank == 0:
-            ckpts.save_latest(checkpoint_state())
+            checkpoint.save_latest(position())
 
-    logger.info('training %s for %d epochs: %d updates/epoch, global batch %d, data %s', args.model, args.epochs,
-                steps_per_epoch, global_batch, data_cfg)
-    replaced_before = 0
+    replaced_before = train_set.num_replaced
     while state.epoch < args.epochs:
         epoch = state.epoch
         train_loader.batch_sampler.set_epoch(epoch)
@@ -170,20 +245,16 @@ def main(argv=None) -> int:
         if mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
             mixup.mixup_enabled = False
         start = time.time()
-        try:
-            train_stats = train_one_epoch(model, criterion, train_loader, optimizer, scheduler, state,
-                                          seed=args.seed, rank=rank, amp=amp, scaler=scaler, mixup=mixup,
-                                          update_freq=args.update_freq, model_ema=model_ema,
-                                          max_bad_steps=args.max_bad_steps, print_freq=args.print_freq,
-                                          on_update=on_update)
-        except NonFiniteLossError as e:
-            logger.error(str(e))
-            return 2
+        train_stats = train_one_epoch(model, criterion, train_loader, optimizer, scheduler, state,
+                                      seed=args.seed, rank=rank, amp=amp, scaler=scaler, mixup=mixup,
+                                      update_freq=args.update_freq, model_ema=model_ema,
+                                      max_bad_steps=args.max_bad_steps, print_freq=args.print_freq,
+                                      on_update=on_update)
         state.epoch, state.step_in_epoch = epoch + 1, 0
         replaced, replaced_before = train_set.num_replaced - replaced_before, train_set.num_replaced
         if replaced:
-            logger.warning('epoch %d: %d unreadable images were replaced by other samples (see the warnings above)',
-                           epoch, replaced)
+            _logger.warning('epoch %d: %d unreadable images were replaced by other samples (see the warnings above)',
+                            epoch, replaced)
         broadcast_buffers(model)
         if model_ema is not None:
             broadcast_buffers(model_ema.module)
@@ -191,38 +262,24 @@ def main(argv=None) -> int:
                   'train_images_per_s': train_loader.batch_sampler.num_batches * args.batch_size * world_size
                   / (time.time() - start),
                   'bad_images_replaced': replaced, 'n_parameters': n_params}
-        if (epoch + 1) % args.eval_freq == 0 or state.epoch == args.epochs:
+        if state.epoch % args.eval_freq == 0 or state.epoch == args.epochs:
             record.update({f'test_{k}': v for k, v in evaluate(unwrap_model(model), val_loader, amp).items()})
-            best['acc1'] = max(best['acc1'], record['test_acc1'])
-            record['best_acc1'] = best['acc1']
             if model_ema is not None:
-                ema_stats = evaluate(model_ema.module, val_loader, amp)
-                record.update({f'test_ema_{k}': v for k, v in ema_stats.items()})
-                best['ema_acc1'] = max(best['ema_acc1'], ema_stats['acc1'])
-                record['best_ema_acc1'] = best['ema_acc1']
-            logger.info('* epoch %d  Acc@1 %.3f  Acc@5 %.3f  loss %.4f  best Acc@1 %.3f', epoch,
-                        record['test_acc1'], record['test_acc5'], record['test_loss'], best['acc1'])
+                record.update({f'test_ema_{k}': v for k, v in evaluate(model_ema.module, val_loader, amp).items()})
         if rank == 0:
+            checkpoint.end_epoch(position(), record, save_numbered=bool(args.save_freq)
+                                 and state.epoch % args.save_freq == 0)
+            record['best_acc1'] = checkpoint.best['acc1']
+            if model_ema is not None:
+                record['best_ema_acc1'] = checkpoint.best['ema_acc1']
             log_json(os.path.join(run_dir, 'log.txt'), record)
-            ckpts.save_latest(checkpoint_state())
-            if record.get('test_acc1') == best['acc1'] and 'test_acc1' in record:
-                ckpts.copy_latest(BEST)
-            if model_ema is not None and record.get('test_ema_acc1') == best['ema_acc1']:
-                ckpts.copy_latest(BEST_EMA)
-            if args.save_freq and state.epoch % args.save_freq == 0:
-                ckpts.save_numbered(state.epoch)
             if wandb_run is not None:
                 wandb_run.log(record, step=epoch)
-    if world_size > 1:
-        agree, checksum = weights_agree_across_ranks(model)
-        if not agree:
-            logger.error('ranks ended with different weights (checksum %r on rank %d)', checksum, rank)
-            return 3
-        logger.info('weights checksum %r identical on all %d ranks', checksum, world_size)
-    logger.info('done: best Acc@1 %.3f; files in %s', best['acc1'], run_dir)
+        if 'test_acc1' in record:
+            _logger.info('* epoch %d  Acc@1 %.3f  Acc@5 %.3f  loss %.4f  best Acc@1 %.3f', epoch, record['test_acc1'],
+                         record['test_acc5'], record['test_loss'], checkpoint.best['acc1'])
     if wandb_run is not None:
         wandb_run.finish()
-    return 0
 
 
 def _init_wandb(args, run_dir: str):

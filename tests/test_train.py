@@ -78,6 +78,13 @@ def test_learns_digits_and_writes_the_run_files(digits, tmp_path):
     assert (result['img_size'], result['crop_pct']) == (32, 1.0)
     assert result['acc1'] == round(records[-1]['test_acc1'], 3) and result['num_images'] == 80
     assert abs(result['loss'] - records[-1]['test_loss']) < 1e-5
+    # the settings travel inside the checkpoint: renamed and moved away from args.yaml, it scores the same
+    moved = tmp_path / 'elsewhere' / 'final.pd'
+    moved.parent.mkdir()
+    shutil.copy(run / 'checkpoint-latest.pd', moved)
+    assert eval_script.main([str(digits), '--model', 'cvt_tiny', '--resume', str(moved), '--num_workers', '0',
+                             '--output_json', str(out)]) == 0
+    assert {**json.loads(out.read_text()), 'weights': result['weights']} == result
 
 
 def _run_script(args, log_path, env=None):
@@ -249,3 +256,50 @@ def test_wandb_logs_offline_without_an_api_key(digits, tmp_path, monkeypatch):
                   '--wandb_project', 'cvt-test') == 0
     runs = list((tmp_path / 'run' / 'wandb').glob('offline-run-*'))
     assert len(runs) == 1 and list(runs[0].glob('*.wandb'))
+
+
+def _tree_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_rerun_on_other_data_or_without_auto_resume_refuses_and_leaves_the_run_untouched(digits, tmp_path):
+    assert _train(digits, tmp_path, '--epochs', '1', '--batch_size', '32', '--lr', '1e-3') == 0
+    run = tmp_path / 'run'
+    before = _tree_bytes(run)
+    other = tmp_path / 'other'
+    shutil.copytree(digits, other)
+    with pytest.raises(ValueError, match=rf"holds another run \(data_dir '{digits}' -> '{other}'\); start a new one "
+                                         r"with --experiment NAME, or continue that checkpoint anyway with --resume"):
+        _train(other, tmp_path, '--epochs', '2', '--batch_size', '32', '--lr', '1e-3')
+    with pytest.raises(ValueError, match=r"holds another run \(input_size 32 -> 40\)"):
+        _train(digits, tmp_path, '--epochs', '2', '--batch_size', '32', '--lr', '1e-3', '--input_size', '40')
+    with pytest.raises(ValueError, match='--no_auto_resume would overwrite it: add --overwrite to start over there'):
+        _train(digits, tmp_path, '--epochs', '1', '--batch_size', '32', '--lr', '1e-3', '--no_auto_resume')
+    assert _tree_bytes(run) == before
+    assert _train(digits, tmp_path, '--epochs', '1', '--batch_size', '32', '--lr', '2e-3', '--no_auto_resume',
+                  '--overwrite') == 0
+    assert len(_log(run)) == 1 and load_training_state(str(run / 'checkpoint-latest.pd'))['args']['lr'] == 2e-3
+
+
+def test_extending_epochs_gives_the_schedule_of_the_longer_run(digits, tmp_path, capsys):
+    common = ['--batch_size', '32', '--lr', '1e-3', '--min_lr', '1e-5', '--warmup_epochs', '0']
+    assert _train(digits, tmp_path / 'a', '--epochs', '2', *common) == 0
+    assert _train(digits, tmp_path / 'b', '--epochs', '1', *common) == 0
+    capsys.readouterr()
+    assert _train(digits, tmp_path / 'b', '--epochs', '2', *common) == 0
+    out = capsys.readouterr().out
+    assert 'LR schedule from the flags (epochs 2,' in out and 'changed since the checkpoint: epochs 1 -> 2' in out
+    straight, extended = _final_weights(tmp_path / 'a' / 'run'), _final_weights(tmp_path / 'b' / 'run')
+    for name in straight:
+        np.testing.assert_array_equal(extended[name], straight[name], err_msg=name)
+    assert [r['train_lr'] for r in _log(tmp_path / 'b' / 'run')] == [r['train_lr'] for r in _log(tmp_path / 'a' / 'run')]
+
+
+def test_world_size_change_maps_the_mid_epoch_position_by_images_seen():
+    args = parse_args(build_train_parser(), ['d', '--batch_size', '16', '--lr', '1e-3', '--update_freq', '2'])
+    ckpt = {'args': {'batch_size': 16, 'world_size': 1, 'update_freq': 2, 'lr': 1e-3}}
+    position, line = train.resumed_position(ckpt, {'epoch': 3, 'step_in_epoch': 10, 'global_step': 70}, args, 2)
+    assert position == {'epoch': 3, 'step_in_epoch': 4, 'global_step': 70}  # 160 images = 5 steps of 32 -> 4 (whole updates)
+    assert 'world_size 1 -> 2' in line and 'step 10 x 16 images -> step 4 x 32' in line
+    same, line = train.resumed_position(ckpt, {'epoch': 3, 'step_in_epoch': 10, 'global_step': 70}, args, 1)
+    assert same['step_in_epoch'] == 10 and 'changed' not in line

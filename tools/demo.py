@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         run([py, *train])
     run_dir = os.path.join(args.output, EXPERIMENT)
     ckpt = os.path.join(run_dir, 'checkpoint-best.pd')
-    # The checkpoint's run (args.yaml beside it) supplies num_classes and the eval preprocessing.
+    # The checkpoint's own run settings supply num_classes and the eval preprocessing.
     weights = ['--model', 'cvt_tiny', '--resume', ckpt]
     labels = os.path.join(args.data, 'labels.txt')
 

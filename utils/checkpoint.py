@@ -155,6 +155,13 @@ class CheckpointManager:
         _link_or_copy(self.path(LATEST), self.path(name))
         return self.path(name)
 
+    def remove_run_files(self) -> None:
+        """Delete an earlier run's checkpoints and epoch log (--overwrite)."""
+        for path in glob.glob(self.path('checkpoint-*.pd')) + [self.path('log.txt')]:
+            if os.path.isfile(path):
+                os.remove(path)
+                _logger.warning('--overwrite: removed %s of the earlier run', path)
+
     def save_numbered(self, epoch: int) -> str:
         """`checkpoint-<epoch>.pd` from the latest, then drop the oldest beyond `keep` (0 keeps all)."""
         path = self.copy_latest(f'checkpoint-{epoch}.pd')
@@ -170,3 +177,74 @@ class CheckpointManager:
 def _epoch_of(path: str) -> int:
     match = re.fullmatch(r'checkpoint-(\d+)\.pd', os.path.basename(path))
     return int(match.group(1)) if match else -1
+
+
+# The settings that make a checkpoint another run's: auto-resume continues only a run that matches them.
+IDENTITY_KEYS = ('data_dir', 'cls_label_path_train', 'cls_label_path_val', 'model', 'num_classes', 'input_size')
+# The settings a resumed run takes from its flags, reported when they changed since the checkpoint.
+SCHEDULE_KEYS = ('epochs', 'lr', 'warmup_epochs', 'warmup_lr', 'min_lr', 'sched_on_updates', 'batch_size',
+                 'update_freq', 'world_size')
+
+
+class TrainingCheckpoint:
+    """The whole training state of one run, saved and restored side by side.
+
+    `state_dict(position)` and `load_state_dict(ckpt)` mirror each other: model (the fp32 master
+    weights under O2), optimizer state by parameter name, loss scaler, EMA, position in the run
+    (epoch, step_in_epoch, global_step), best metrics, the run's settings (`args`, which eval,
+    predict and export read back) and its identity (IDENTITY_KEYS, which auto-resume compares).
+    `end_epoch` writes latest, best, best-EMA and numbered files.
+    """
+
+    def __init__(self, manager: CheckpointManager, *, model, optimizer, scaler=None, model_ema=None,
+                 args: Optional[Dict[str, Any]] = None, identity: Optional[Dict[str, Any]] = None):
+        self.manager = manager
+        self.model, self.optimizer, self.scaler, self.model_ema = model, optimizer, scaler, model_ema
+        self.args, self.identity = dict(args or {}), dict(identity or {})
+        self.best = {'acc1': 0.0, 'ema_acc1': 0.0}
+
+    def state_dict(self, position: Dict[str, int]) -> Dict[str, Any]:
+        from .amp import fp32_state_dict
+        model = unwrap_model(self.model)
+        return {'model': fp32_state_dict(model, self.optimizer),
+                'optimizer': optimizer_state_by_name(self.optimizer, model),
+                'scaler': self.scaler.state_dict() if self.scaler is not None else {},
+                'model_ema': self.model_ema.state_dict() if self.model_ema is not None else None,
+                **position, 'best': dict(self.best), 'args': self.args, 'identity': self.identity}
+
+    def load_state_dict(self, ckpt: Dict[str, Any], path: str) -> Dict[str, int]:
+        """Restore everything `state_dict` saved; returns the position."""
+        from .weights import load_weights
+        model = unwrap_model(self.model)
+        load_weights(model, path, key='model')  # checks every name and shape
+        load_optimizer_state(self.optimizer, model, ckpt['optimizer'])
+        if self.scaler is not None and ckpt.get('scaler'):
+            self.scaler.load_state_dict(ckpt['scaler'])
+        if self.model_ema is not None and ckpt.get('model_ema') is not None:
+            self.model_ema.set_state_dict({k: paddle.to_tensor(v) for k, v in ckpt['model_ema'].items()})
+        self.best.update(ckpt.get('best', {}))
+        return {key: int(ckpt[key]) for key in ('epoch', 'step_in_epoch', 'global_step')}
+
+    def save_latest(self, position: Dict[str, int]) -> str:
+        return self.manager.save_latest(self.state_dict(position))
+
+    def end_epoch(self, position: Dict[str, int], record: Dict[str, Any], save_numbered: bool) -> None:
+        """Update the best metrics from `record` (test_acc1, test_ema_acc1), then write the epoch's files."""
+        new_best = 'test_acc1' in record and record['test_acc1'] >= self.best['acc1']
+        new_best_ema = 'test_ema_acc1' in record and record['test_ema_acc1'] >= self.best['ema_acc1']
+        if new_best:
+            self.best['acc1'] = record['test_acc1']
+        if new_best_ema:
+            self.best['ema_acc1'] = record['test_ema_acc1']
+        self.save_latest(position)
+        if new_best:
+            self.manager.copy_latest(BEST)
+        if new_best_ema:
+            self.manager.copy_latest(BEST_EMA)
+        if save_numbered:
+            self.manager.save_numbered(position['epoch'])
+
+
+def differing_settings(saved: Dict[str, Any], current: Dict[str, Any], keys) -> Dict[str, tuple]:
+    """{key: (saved, current)} for the `keys` whose values differ; keys a checkpoint lacks are skipped."""
+    return {k: (saved[k], current.get(k)) for k in keys if k in saved and saved[k] != current.get(k)}

@@ -173,7 +173,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--resume', default=None, metavar='CHECKPOINT',
                    help='training state to continue from: model, optimizer, loss scaler, EMA, epoch')
     add_bool(g, 'auto_resume', True,
-             'without --resume, continue from OUTPUT/EXPERIMENT/checkpoint-latest.pd when it exists')
+             'without --resume, continue from OUTPUT/EXPERIMENT/checkpoint-latest.pd when it exists and was '
+             'written by the same run (data, lists, model, classes, input size); refuse when it was not')
+    add_bool(g, 'overwrite', False, 'with --no_auto_resume: delete the earlier run\'s checkpoints and log.txt '
+                                    'in OUTPUT/EXPERIMENT and start over')
     g.add_argument('--eval_freq', type=int, default=1, help='evaluate every N epochs and after the last')
     g.add_argument('--save_freq', type=int, default=10,
                    help='keep a numbered checkpoint every N epochs (latest and best are saved each epoch); 0: never')

@@ -4,18 +4,17 @@ import argparse
 import glob
 import json
 import os
-import re
 import sys
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import paddle
-import yaml
 
 from datasets.imagenet import IMG_EXTENSIONS, is_image_file, load_rgb, read_label_names
 from datasets.transforms import resolve_data_cfg
 from models import create_model
 from utils.config import HelpFormatter
+from utils.torch_pickle import load_checkpoint as read_checkpoint
 from utils.weights import load_weights
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,16 +44,15 @@ def add_weight_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 
 
 def run_args_for(checkpoint: str) -> dict:
-    """The training run's resolved args (`args.yaml` beside a train.py checkpoint), or {} for other files.
+    """The training run's resolved settings stored in a train.py checkpoint (its 'args' entry), or {}.
 
     A checkpoint carries its run's class count and eval preprocessing this way, so eval, predict and
-    export use what training used without repeating flags.
+    export use what training used without repeating flags, whatever the file is called or where it lies.
     """
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'args.yaml')
-    if not re.fullmatch(r'checkpoint-.*\.pd', os.path.basename(checkpoint)) or not os.path.isfile(path):
+    if not checkpoint.endswith('.pd') or not os.path.isfile(checkpoint):
         return {}
-    with open(path) as f:
-        args = yaml.safe_load(f) or {}
+    state = read_checkpoint(checkpoint)
+    args = state.get('args') if isinstance(state, dict) else None
     return args if isinstance(args, dict) else {}
 
 

@@ -1,6 +1,7 @@
 """Logging for library and scripts: rank-0 console + `train.log`, and the JSON-lines epoch log."""
 import json
 import logging
+import logging.handlers
 import os
 import sys
 from numbers import Number
@@ -33,10 +34,15 @@ class _TerminalHandler(logging.StreamHandler):
 def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = ROOT_NAME) -> logging.Logger:
     """Rank 0 logs INFO to stdout and appends to `output_dir/train.log`; other ranks log WARNING+ to stdout.
 
-    Calling it again replaces the handlers it attached before, so lines are never doubled.
+    Calling it again replaces the handlers it attached before, so lines are never doubled. Without
+    `output_dir`, rank 0 holds its lines until a later call names the folder, which then receives them
+    (train.py decides whether a run folder may be written only after reading the data and checkpoint).
     """
     logger = logging.getLogger(name)
+    held = []
     for handler in list(logger.handlers):
+        if isinstance(handler, logging.handlers.BufferingHandler):
+            held = handler.buffer
         logger.removeHandler(handler)
         handler.close()
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
@@ -49,7 +55,11 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = RO
         os.makedirs(output_dir, exist_ok=True)
         file_handler = logging.FileHandler(os.path.join(output_dir, 'train.log'), mode='a', encoding='utf-8')
         file_handler.setFormatter(formatter)
+        for record in held:
+            file_handler.handle(record)
         logger.addHandler(file_handler)
+    elif rank == 0:
+        logger.addHandler(logging.handlers.BufferingHandler(capacity=10_000))
     return logger
 
 

@@ -9,12 +9,6 @@ an epoch.
 import math
 from typing import Optional
 
-from .logger import get_logger
-
-_logger = get_logger(__name__)
-
-_STATE_KEYS = ('base_lr', 'epochs', 'warmup_epochs', 'warmup_lr', 'min_lr', 'per_step')
-
 
 def scale_lr(base_lr: float, base_batch: int, global_batch: int) -> float:
     """Linear scaling rule: `base_lr` was tuned for `base_batch` images per step over all processes."""
@@ -73,25 +67,3 @@ class CosineScheduler:
         lr = self.lr_at(epoch, step)
         optimizer.set_lr(lr)
         return lr
-
-    def state_dict(self) -> dict:
-        """The settings; the LR itself is a function of (epoch, step), so resuming needs only the epoch."""
-        return {key: getattr(self, key) for key in _STATE_KEYS}
-
-    def set_state_dict(self, state: dict) -> None:
-        """Restore the saved schedule (a resumed run keeps its original curve), warning where it differs.
-
-        `steps_per_epoch` is not saved: it describes the current data loader.
-        """
-        unknown = set(state) - set(_STATE_KEYS)
-        if unknown:
-            raise KeyError(f'CosineScheduler.set_state_dict: unexpected keys {sorted(unknown)}, '
-                           f'expected a subset of {list(_STATE_KEYS)}')
-        for key, value in state.items():
-            if getattr(self, key) != value:
-                _logger.warning('scheduler %s: using %r from the checkpoint instead of %r', key, value,
-                                getattr(self, key))
-            setattr(self, key, value)
-        if self.per_step and not self.steps_per_epoch:
-            raise ValueError('CosineScheduler.set_state_dict: the checkpoint schedule is per_step, '
-                             'but this scheduler has no steps_per_epoch')
