@@ -23,6 +23,9 @@ from typing import Dict, Iterable, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from utils.env import configure_cpu_runtime  # noqa: E402  (as the scripts: threads, and Pillow before paddle)
+
+configure_cpu_runtime()
 
 import paddle  # noqa: E402
 import paddle.amp.grad_scaler as paddle_grad_scaler  # noqa: E402
