@@ -10,13 +10,13 @@ import glob
 import os
 import re
 import shutil
-import tempfile
 from typing import Any, Dict, Optional
 
 import numpy as np
 import paddle
 
 from .distributed import unwrap_model
+from .fileio import atomic_write
 from .logger import get_logger
 from .torch_pickle import load_checkpoint as read_pickle
 
@@ -26,10 +26,6 @@ LATEST = 'checkpoint-latest.pd'
 BEST = 'checkpoint-best.pd'
 BEST_EMA = 'checkpoint-best-ema.pd'
 _SEP = '@'
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def to_numpy(obj: Any) -> Any:
@@ -82,18 +78,9 @@ def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Di
 
 
 def save_checkpoint(state: Dict[str, Any], path: str) -> None:
-    """Write `state` atomically: a crash mid-write leaves the previous file intact."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path), suffix='.tmp')
-    os.close(fd)
-    try:
+    """Write `state` atomically and durably: a crash or power loss mid-write leaves the previous file intact."""
+    with atomic_write(path) as tmp:
         paddle.save(to_numpy(state), tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_training_state(path: str) -> Dict[str, Any]:
@@ -107,14 +94,12 @@ def load_training_state(path: str) -> Dict[str, Any]:
 
 def _link_or_copy(src: str, dst: str) -> None:
     """Make `dst` a copy of `src` atomically (hard link when the filesystem allows, else a copy)."""
-    tmp = dst + '.tmp'
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_write(dst) as tmp:
+        os.remove(tmp)  # os.link needs a free name; the random one atomic_write chose stays ours
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 class CheckpointManager:
