@@ -10,13 +10,14 @@ import glob
 import os
 import re
 import shutil
-from typing import Any, Dict, Optional
+import socket
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import paddle
 
 from .distributed import unwrap_model
-from .fileio import atomic_write
+from .fileio import atomic_write, storage_errors
 from .logger import get_logger
 from .torch_pickle import load_checkpoint as read_pickle
 
@@ -25,6 +26,7 @@ _logger = get_logger(__name__)
 LATEST = 'checkpoint-latest.pd'
 BEST = 'checkpoint-best.pd'
 BEST_EMA = 'checkpoint-best-ema.pd'
+LOCK = 'train.lock'
 _SEP = '@'
 
 
@@ -117,6 +119,25 @@ class CheckpointManager:
         path = self.path(LATEST)
         return path if os.path.isfile(path) else None
 
+    def load_latest(self) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """(path, state) of the newest readable checkpoint: `checkpoint-latest.pd`, else the numbered ones
+        newest first (with a warning naming both); None in a directory without checkpoints."""
+        candidates = [p for p in [self.path(LATEST)] + self.numbered()[::-1] if os.path.isfile(p)]
+        failures = []
+        for path in candidates:
+            try:
+                state = load_training_state(path)
+            except (ValueError, OSError) as e:
+                failures.append(str(e))
+                continue
+            if failures:
+                _logger.warning('%s; resuming from %s instead', '; '.join(failures), path)
+            return path, state
+        if failures:
+            raise ValueError(f'no readable checkpoint in {self.output_dir}: {"; ".join(failures)}; '
+                             f'pick one with --resume PATH or start a new run with --experiment NAME')
+        return None
+
     def save_latest(self, state: Dict[str, Any]) -> str:
         save_checkpoint(state, self.path(LATEST))
         return self.path(LATEST)
@@ -129,13 +150,94 @@ class CheckpointManager:
     def save_numbered(self, epoch: int) -> str:
         """`checkpoint-<epoch>.pd` from the latest, then drop the oldest beyond `keep` (0 keeps all)."""
         path = self.copy_latest(f'checkpoint-{epoch}.pd')
-        numbered = sorted(glob.glob(self.path('checkpoint-*.pd')), key=_epoch_of)
-        numbered = [p for p in numbered if _epoch_of(p) >= 0]
+        numbered = self.numbered()
         if self.keep > 0:
             for old in numbered[:-self.keep]:
                 os.remove(old)
                 _logger.info('removed old checkpoint %s', old)
         return path
+
+    def numbered(self) -> List[str]:
+        """The `checkpoint-<epoch>.pd` files, oldest epoch first."""
+        return sorted((p for p in glob.glob(self.path('checkpoint-*.pd')) if _epoch_of(p) >= 0), key=_epoch_of)
+
+
+class RunLock:
+    """`train.lock` in a run directory, holding the PID and host of the run writing there.
+
+    A second run on the same directory refuses with one line while the first lives; a lock left by a
+    dead process on this host (SIGKILL, power loss) is taken over with a warning. A lock from another
+    host cannot be checked and refuses too. Use as `with RunLock(run_dir):` on rank 0.
+    """
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, LOCK)
+        self._owner = f'{os.getpid()} {socket.gethostname()} {_start_time(os.getpid())}'
+
+    def acquire(self) -> 'RunLock':
+        with storage_errors(self.path):  # the first write of a run: a read-only --output fails here, in one line
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                self._take_over_if_stale()
+                return self
+            with os.fdopen(fd, 'w') as f:
+                f.write(self._owner + '\n')
+        return self
+
+    def release(self) -> None:
+        if self._holder() == self._owner:  # never remove a lock another run has taken over
+            os.remove(self.path)
+
+    def __enter__(self) -> 'RunLock':
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _holder(self) -> str:
+        try:
+            with open(self.path, encoding='utf-8') as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return ''
+
+    def _take_over_if_stale(self) -> None:
+        holder = self._holder()
+        pid, host, started = (holder.split() + ['', '', ''])[:3]
+        if holder == self._owner:
+            return
+        if host != socket.gethostname() or not pid.isdigit():
+            raise ValueError(f'{self.path}: another run (PID {pid or "?"} on host {host or "?"}) writes to this '
+                             f'directory; use --experiment NAME for a new run, or delete the lock if that run is gone')
+        if _alive(int(pid)) and _start_time(int(pid)) == started:  # a start time that differs: a reused PID
+            raise ValueError(f'{self.path}: another run (PID {pid} on this host) is writing to this directory; '
+                             f'wait for it or use --experiment NAME for a new run')
+        with atomic_write(self.path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+            f.write(self._owner + '\n')
+        if self._holder() != self._owner:  # another run took it over in the same instant
+            raise ValueError(f'{self.path}: another run took over this directory just now; use --experiment NAME')
+        _logger.warning('%s: taking over the lock of PID %s on this host, which is no longer running', self.path, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    return True
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot ('' if gone or not Linux): a reused PID differs."""
+    try:
+        with open(f'/proc/{pid}/stat', encoding='utf-8') as f:
+            return f.read().rsplit(')', 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ''
 
 
 def _epoch_of(path: str) -> int:

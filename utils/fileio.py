@@ -25,6 +25,21 @@ class StorageError(OSError):
 
 
 @contextlib.contextmanager
+def storage_errors(path: str) -> Iterator[None]:
+    """Within the block, a full disk, a read-only file system or a missing permission become a
+    `StorageError` naming `path`; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRNOS or isinstance(e, StorageError):
+            raise
+        error = StorageError(f'{path}: cannot write ({_STORAGE_ERRNOS[e.errno]}); '
+                             f'the previous file, if any, is unchanged')
+        error.errno = e.errno
+        raise error from e
+
+
+@contextlib.contextmanager
 def atomic_write(path: str) -> Iterator[str]:
     """Yield a temp path in `path`'s folder; once the block has written it, make it `path` durably.
 
@@ -34,23 +49,17 @@ def atomic_write(path: str) -> Iterator[str]:
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-        os.close(fd)
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        _fsync(tmp)
-        os.replace(tmp, path)
-        tmp = None
-        if os.name != 'nt':  # the rename is durable only once the folder entry is on disk (no folder fds on Windows)
-            _fsync(directory)
-    except OSError as e:
-        if e.errno in _STORAGE_ERRNOS and not isinstance(e, StorageError):
-            error = StorageError(f'{path}: cannot write ({_STORAGE_ERRNOS[e.errno]}); '
-                                 f'the previous file, if any, is unchanged')
-            error.errno = e.errno
-            raise error from e
-        raise
+        with storage_errors(path):
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+            os.close(fd)
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+            _fsync(tmp)
+            os.replace(tmp, path)
+            tmp = None
+            if os.name != 'nt':  # the rename is durable only once the folder entry is on disk (no folder fds on Windows)
+                _fsync(directory)
     finally:
         if tmp is not None and os.path.lexists(tmp):
             os.remove(tmp)
