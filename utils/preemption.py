@@ -10,12 +10,14 @@ and SIGKILLs a rank still alive 30 s later. So:
   (all ranks sum it with the loss, so all stop after the same update);
 - repeated SIGTERM / SIGUSR1 are expected (the launcher repeats them) and only logged;
 - a second SIGINT is a user pressing Ctrl-C again: it raises KeyboardInterrupt, but never inside
-  `saving()`: there it waits until the checkpoint is on disk (writes are atomic in any case);
-- DataLoader workers must ignore the signals (`ignore_stop_signals` as `worker_init_fn`): the launcher
+  `saving()`: there it waits until the checkpoint is on disk (writes are atomic in any case). One
+  SIGINT after a SIGTERM is not that (`kill -INT` to a launch job reaches a rank after the launcher's
+  SIGTERM) and is only logged;
+- DataLoader workers must outlive the signal (`ignore_stop_signals` as `worker_init_fn`): the launcher
   signals each rank's whole process group, and Paddle's worker setup gives SIGTERM a C++ handler that
   kills the worker, whereupon the parent's SIGCHLD handler raises `SystemError: DataLoader process ...
-  is killed by signal: Terminated` in the middle of the step or the save. Ignoring, they serve the
-  parent until it shuts them down after saving (Paddle's ParentWatchDog ends them if it dies first).
+  is killed by signal: Terminated` in the middle of the step or the save. They serve the parent until
+  it ends them (`end_loader_workers`); Paddle's ParentWatchDog ends them within 5 s if it dies first.
 
 Paddle installs a C++ handler for SIGTERM at import (the `FatalError: Termination signal` dump);
 installing this handler after `import paddle` replaces it. Do not call `paddle.disable_signal_handler()`
@@ -24,6 +26,7 @@ after installing: it resets SIGTERM to the default action underneath Python.
 import contextlib
 import os
 import signal
+import threading
 from typing import Dict, Iterator, Optional
 
 from .logger import get_logger
@@ -38,10 +41,42 @@ EXIT_PREEMPTED = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
+# How long a DataLoader worker outlives a SIGTERM its parent did not follow up by shutting it down:
+# longer than the launcher's and SLURM's 30 s grace, so it never dies under a rank still saving.
+WORKER_GRACE_S = 60.0
+
+
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A DataLoader `worker_init_fn` (it runs after Paddle's worker signal setup): stop signals do nothing in workers."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    """DataLoader `worker_init_fn` (it runs after Paddle's worker signal setup): workers keep serving
+    through stop signals until their parent shuts them down with `end_loader_workers`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
+
+
+def _worker_sigterm(signum: int, frame) -> None:
+    # multiprocessing ends daemonic workers with SIGTERM at interpreter exit and then joins them: a parent
+    # that did not shut its loader down would wait forever, so a worker leaves on its own after a grace.
+    # Exit status 0: Paddle's SIGCHLD check in the parent raises only for workers killed or failed.
+    global _worker_exit_timer
+    if _worker_exit_timer is None:
+        _worker_exit_timer = threading.Timer(WORKER_GRACE_S, os._exit, args=(0,))
+        _worker_exit_timer.daemon = True
+        _worker_exit_timer.start()
+
+
+_worker_exit_timer: Optional[threading.Timer] = None
+
+
+def end_loader_workers(batches) -> None:
+    """End the worker processes of a Paddle DataLoader iterator now (idempotent; nothing to do in-process).
+
+    Call it in a `finally` around the iteration: the engine stops mid-epoch on a stop request, and a
+    multi-process iterator left behind keeps its workers alive until interpreter exit.
+    """
+    shutdown = getattr(batches, '_try_shutdown_all', None)  # Paddle 2.6 and 3.x, multi-process iterators
+    if shutdown is not None:
+        shutdown()
 
 
 class PreemptionHandler:
@@ -56,6 +91,7 @@ class PreemptionHandler:
         self.signals = tuple(signals)
         self.received: Optional[signal.Signals] = None  # the first stop signal
         self._count = 0
+        self._interrupts = 0
         self._saving = False
         self._interrupt_after_save = False
         self._owner_pid = os.getpid()
@@ -100,12 +136,14 @@ class PreemptionHandler:
             return  # a forked child that kept the inherited handler: its parent decides when it ends
         self._count += 1
         name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            self._interrupts += 1
         if self.received is None:
             self.received = signal.Signals(signum)
             _logger.warning('%s received: stopping after the current optimizer update and saving the position '
                             '(Ctrl-C again to quit without saving)', name)
             return
-        if signum == signal.SIGINT:
+        if self._interrupts >= 2:  # only Ctrl-C twice: a SIGINT after the launcher's SIGTERM is the same request
             if self._saving:
                 self._interrupt_after_save = True
                 _logger.warning('SIGINT again: quitting once the checkpoint being written is on disk')
