@@ -102,6 +102,10 @@ class PreemptionHandler:
         """A stop was asked for on this process (combine across ranks before acting on it)."""
         return self.received is not None
 
+    def reason(self) -> str:
+        """What stopped the run, for its last line: the signal, or another rank's (ranks stop together)."""
+        return self.received.name if self.received is not None else 'a stop signal to another rank'
+
     def install(self) -> 'PreemptionHandler':
         self._owner_pid = os.getpid()
         for signum in self.signals:

@@ -20,8 +20,10 @@ pytestmark = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX signals')
 def test_a_signal_requests_a_stop_instead_of_ending_the_process(signum):
     with PreemptionHandler() as preemption:
         assert not preemption.requested
+        assert preemption.reason() == 'a stop signal to another rank'  # what a rank stopping with the others says
         os.kill(os.getpid(), signum)  # the handler runs before the next bytecode
         assert preemption.requested and preemption.received == signum
+        assert preemption.reason() == signal.Signals(signum).name
 
 
 def test_previous_handlers_come_back():
