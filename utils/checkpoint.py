@@ -10,13 +10,14 @@ import glob
 import os
 import re
 import shutil
-import tempfile
-from typing import Any, Dict, Optional
+import socket
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import paddle
 
 from .distributed import unwrap_model
+from .fileio import atomic_write, storage_errors
 from .logger import get_logger
 from .torch_pickle import load_checkpoint as read_pickle
 
@@ -25,11 +26,8 @@ _logger = get_logger(__name__)
 LATEST = 'checkpoint-latest.pd'
 BEST = 'checkpoint-best.pd'
 BEST_EMA = 'checkpoint-best-ema.pd'
+LOCK = 'train.lock'
 _SEP = '@'
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def to_numpy(obj: Any) -> Any:
@@ -96,18 +94,9 @@ def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Di
 
 
 def save_checkpoint(state: Dict[str, Any], path: str) -> None:
-    """Write `state` atomically: a crash mid-write leaves the previous file intact."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path), suffix='.tmp')
-    os.close(fd)
-    try:
+    """Write `state` atomically and durably: a crash or power loss mid-write leaves the previous file intact."""
+    with atomic_write(path) as tmp:
         paddle.save(to_numpy(state), tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_training_state(path: str) -> Dict[str, Any]:
@@ -121,14 +110,12 @@ def load_training_state(path: str) -> Dict[str, Any]:
 
 def _link_or_copy(src: str, dst: str) -> None:
     """Make `dst` a copy of `src` atomically (hard link when the filesystem allows, else a copy)."""
-    tmp = dst + '.tmp'
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_write(dst) as tmp:
+        os.remove(tmp)  # os.link needs a free name; the random one atomic_write chose stays ours
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 class CheckpointManager:
@@ -145,6 +132,25 @@ class CheckpointManager:
     def latest(self) -> Optional[str]:
         path = self.path(LATEST)
         return path if os.path.isfile(path) else None
+
+    def load_latest(self) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """(path, state) of the newest readable checkpoint: `checkpoint-latest.pd`, else the numbered ones
+        newest first (with a warning naming both); None in a directory without checkpoints."""
+        candidates = [p for p in [self.path(LATEST)] + self.numbered()[::-1] if os.path.isfile(p)]
+        failures = []
+        for path in candidates:
+            try:
+                state = load_training_state(path)
+            except (ValueError, OSError) as e:
+                failures.append(str(e))
+                continue
+            if failures:
+                _logger.warning('%s; resuming from %s instead', '; '.join(failures), path)
+            return path, state
+        if failures:
+            raise ValueError(f'no readable checkpoint in {self.output_dir}: {"; ".join(failures)}; '
+                             f'pick one with --resume PATH or start a new run with --experiment NAME')
+        return None
 
     def save_latest(self, state: Dict[str, Any]) -> str:
         save_checkpoint(state, self.path(LATEST))
@@ -165,13 +171,94 @@ class CheckpointManager:
     def save_numbered(self, epoch: int) -> str:
         """`checkpoint-<epoch>.pd` from the latest, then drop the oldest beyond `keep` (0 keeps all)."""
         path = self.copy_latest(f'checkpoint-{epoch}.pd')
-        numbered = sorted(glob.glob(self.path('checkpoint-*.pd')), key=_epoch_of)
-        numbered = [p for p in numbered if _epoch_of(p) >= 0]
+        numbered = self.numbered()
         if self.keep > 0:
             for old in numbered[:-self.keep]:
                 os.remove(old)
                 _logger.info('removed old checkpoint %s', old)
         return path
+
+    def numbered(self) -> List[str]:
+        """The `checkpoint-<epoch>.pd` files, oldest epoch first."""
+        return sorted((p for p in glob.glob(self.path('checkpoint-*.pd')) if _epoch_of(p) >= 0), key=_epoch_of)
+
+
+class RunLock:
+    """`train.lock` in a run directory, holding the PID and host of the run writing there.
+
+    A second run on the same directory refuses with one line while the first lives; a lock left by a
+    dead process on this host (SIGKILL, power loss) is taken over with a warning. A lock from another
+    host cannot be checked and refuses too. Use as `with RunLock(run_dir):` on rank 0.
+    """
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, LOCK)
+        self._owner = f'{os.getpid()} {socket.gethostname()} {_start_time(os.getpid())}'
+
+    def acquire(self) -> 'RunLock':
+        with storage_errors(self.path):  # the first write of a run: a read-only --output fails here, in one line
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                self._take_over_if_stale()
+                return self
+            with os.fdopen(fd, 'w') as f:
+                f.write(self._owner + '\n')
+        return self
+
+    def release(self) -> None:
+        if self._holder() == self._owner:  # never remove a lock another run has taken over
+            os.remove(self.path)
+
+    def __enter__(self) -> 'RunLock':
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _holder(self) -> str:
+        try:
+            with open(self.path, encoding='utf-8') as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return ''
+
+    def _take_over_if_stale(self) -> None:
+        holder = self._holder()
+        pid, host, started = (holder.split() + ['', '', ''])[:3]
+        if holder == self._owner:
+            return
+        if host != socket.gethostname() or not pid.isdigit():
+            raise ValueError(f'{self.path}: another run (PID {pid or "?"} on host {host or "?"}) writes to this '
+                             f'directory; use --experiment NAME for a new run, or delete the lock if that run is gone')
+        if _alive(int(pid)) and _start_time(int(pid)) == started:  # a start time that differs: a reused PID
+            raise ValueError(f'{self.path}: another run (PID {pid} on this host) is writing to this directory; '
+                             f'wait for it or use --experiment NAME for a new run')
+        with atomic_write(self.path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+            f.write(self._owner + '\n')
+        if self._holder() != self._owner:  # another run took it over in the same instant
+            raise ValueError(f'{self.path}: another run took over this directory just now; use --experiment NAME')
+        _logger.warning('%s: taking over the lock of PID %s on this host, which is no longer running', self.path, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    return True
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot ('' if gone or not Linux): a reused PID differs."""
+    try:
+        with open(f'/proc/{pid}/stat', encoding='utf-8') as f:
+            return f.read().rsplit(')', 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ''
 
 
 def _epoch_of(path: str) -> int:

@@ -2,9 +2,12 @@
 import sys
 from typing import Callable, Optional, Sequence
 
-# Errors a user can cause with input (missing files, bad YAML, wrong checkpoints, unknown names).
+from .fileio import StorageError
+
+# Errors a user can cause with input (missing files, bad YAML, wrong checkpoints, unknown names) or
+# fix on the machine (a full disk, a read-only output folder).
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IsADirectoryError, NotADirectoryError, PermissionError,
-               ConnectionError)
+               ConnectionError, StorageError)
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> None:

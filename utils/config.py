@@ -9,10 +9,11 @@ import copy
 import difflib
 import os
 import sys
-import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
+
+from .fileio import atomic_write
 
 # Parser plumbing, never a recipe key: a config file cannot name another config file.
 _PLUMBING = ('config', 'opts')
@@ -258,17 +259,8 @@ def dump_config(args: argparse.Namespace, path: str) -> None:
     values = {k: v for k, v in vars(args).items() if k not in _PLUMBING}
     text = f'# Resolved run configuration; rerun with --config {os.path.basename(path)}\n'
     text += yaml.safe_dump(values, sort_keys=False, default_flow_style=None)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.args-', suffix='.yaml.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+        f.write(text)
 
 
 def _key_specs(parser: argparse.ArgumentParser) -> Dict[str, Tuple[argparse.Action, bool]]:

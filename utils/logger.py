@@ -7,6 +7,8 @@ import sys
 from numbers import Number
 from typing import Any, Optional
 
+from .fileio import atomic_write
+
 ROOT_NAME = 'cvt'
 _FORMAT = '[%(asctime)s %(levelname)s] %(message)s'
 _DATEFMT = '%m/%d %H:%M:%S'
@@ -95,7 +97,5 @@ def truncate_json_log(path: str, from_epoch: int) -> None:
     kept = [line for line in lines if line.strip() and json.loads(line).get('epoch', -1) < from_epoch]
     if len(kept) == len(lines):
         return
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
+    with atomic_write(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
         f.writelines(kept)
-    os.replace(tmp, path)

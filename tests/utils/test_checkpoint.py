@@ -1,14 +1,32 @@
-"""Training checkpoints: optimizer state by structured name, atomic writes, numbered-file rotation."""
+"""Training checkpoints: optimizer state by structured name, atomic writes, numbered-file rotation,
+fallback to a readable checkpoint, storage errors, the run-directory lock."""
+import errno
+import logging
 import os
+import shutil
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import paddle
 import pytest
 
 from models import create_model
-from utils.checkpoint import (CheckpointManager, load_optimizer_state, load_training_state,
-                              optimizer_state_by_name, save_checkpoint)
+from utils.checkpoint import (BEST, LATEST, LOCK, CheckpointManager, RunLock, load_optimizer_state,
+                              load_training_state, optimizer_state_by_name, save_checkpoint)
+from utils.fileio import StorageError
 from utils.optim import build_optimizer
+
+
+@pytest.fixture
+def warnings_log(caplog):
+    """Warnings of the project logger, also after a script's setup_logger stopped it propagating."""
+    logger = logging.getLogger('cvt')
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger='cvt')
+    yield caplog
+    logger.removeHandler(caplog.handler)
 
 
 def _one_step(model, optimizer):
@@ -89,3 +107,101 @@ def test_numbered_checkpoints_rotate(tmp_path):
     assert load_training_state(manager.path('checkpoint-best.pd'))['epoch'] == 30
     manager.save_latest({'model': {}, 'epoch': 31})
     assert load_training_state(manager.path('checkpoint-30.pd'))['epoch'] == 30  # a copy, not the same file
+
+
+def test_unreadable_latest_falls_back_to_the_newest_numbered(tmp_path, warnings_log):
+    manager = CheckpointManager(str(tmp_path), keep=0)
+    for epoch in (1, 2):
+        manager.save_latest({'model': {}, 'epoch': epoch})
+        manager.save_numbered(epoch)
+    manager.save_latest({'model': {}, 'epoch': 3})
+    latest = manager.path(LATEST)
+    with open(latest, 'r+b') as f:
+        f.truncate(os.path.getsize(latest) // 2)  # a torn write, as a copy or a power loss leaves it
+    path, state = manager.load_latest()
+    assert (os.path.basename(path), state['epoch']) == ('checkpoint-2.pd', 2)
+    assert f'{latest}: truncated or corrupt' in warnings_log.text
+    assert f'resuming from {manager.path("checkpoint-2.pd")} instead' in warnings_log.text
+
+
+def test_no_readable_checkpoint_names_them_all(tmp_path):
+    manager = CheckpointManager(str(tmp_path))
+    assert manager.load_latest() is None  # a fresh run directory
+    (tmp_path / LATEST).write_bytes(b'junk')
+    (tmp_path / 'checkpoint-4.pd').write_bytes(b'')
+    with pytest.raises(ValueError, match=f'{LATEST}: .*checkpoint-4.pd: .*--resume PATH'):
+        manager.load_latest()
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    manager = CheckpointManager(str(tmp_path))
+    manager.save_latest({'model': {'w': np.ones(2)}, 'epoch': 1})
+
+    def full_disk(obj, file):
+        with open(file, 'wb') as f:
+            f.write(b'half')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(paddle, 'save', full_disk)
+    with pytest.raises(StorageError, match=f'{manager.path(LATEST)}: cannot write \\(no space left'):
+        manager.save_latest({'model': {'w': np.zeros(2)}, 'epoch': 2})
+    assert load_training_state(manager.path(LATEST))['epoch'] == 1
+    assert os.listdir(tmp_path) == [LATEST]
+
+
+def test_full_disk_while_copying_best_leaves_no_temp_file(tmp_path, monkeypatch):
+    manager = CheckpointManager(str(tmp_path))
+    manager.save_latest({'model': {}, 'epoch': 1})
+
+    def no_link(src, dst):
+        raise OSError(errno.EXDEV, 'cross-device link')  # forces the copy, as on file systems without links
+
+    def full_disk(src, dst):
+        with open(dst, 'wb') as f:
+            f.write(b'half')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, 'link', no_link)
+    monkeypatch.setattr(shutil, 'copyfile', full_disk)
+    with pytest.raises(StorageError, match='checkpoint-best.pd: cannot write'):
+        manager.copy_latest(BEST)
+    assert os.listdir(tmp_path) == [LATEST]
+
+
+def test_a_live_run_holds_the_directory(tmp_path):
+    with RunLock(str(tmp_path)):
+        holder = (tmp_path / LOCK).read_text().split()
+        assert holder[:2] == [str(os.getpid()), socket.gethostname()]
+        other = RunLock(str(tmp_path))
+        other._owner = 'another process'  # the same host and a live PID (this one), seen by a second run
+        with pytest.raises(ValueError, match=f'{tmp_path / LOCK}: another run \\(PID {os.getpid()} on this host\\)'):
+            other.acquire()
+    assert not (tmp_path / LOCK).exists()  # released on exit
+
+
+def test_a_lock_of_a_finished_process_is_taken_over(tmp_path, warnings_log):
+    finished = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    (tmp_path / LOCK).write_text(f'{dead_pid} {socket.gethostname()} 12345\n')
+    with RunLock(str(tmp_path)):
+        assert (tmp_path / LOCK).read_text().split()[0] == str(os.getpid())
+    assert f'taking over the lock of PID {dead_pid}' in warnings_log.text
+
+
+def test_a_reused_pid_does_not_hold_the_lock(tmp_path):
+    (tmp_path / LOCK).write_text(f'{os.getpid()} {socket.gethostname()} 1\n')  # this PID, another start time
+    with RunLock(str(tmp_path)):
+        assert (tmp_path / LOCK).read_text().split()[2] != '1'
+
+
+def test_a_lock_from_another_host_refuses(tmp_path):
+    (tmp_path / LOCK).write_text('4242 node17 999\n')
+    with pytest.raises(ValueError, match='PID 4242 on host node17.*delete the lock'):
+        RunLock(str(tmp_path)).acquire()
+    assert (tmp_path / LOCK).read_text() == '4242 node17 999\n'
+
+
+def test_a_read_only_run_directory_fails_in_one_line(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(os, 'open', read_only)
+    with pytest.raises(StorageError, match=f'{tmp_path / LOCK}: cannot write \\(read-only file system\\)'):
+        RunLock(str(tmp_path)).acquire()

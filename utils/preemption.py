@@ -1,0 +1,156 @@
+"""Preemption: SIGTERM, SIGINT and SIGUSR1 become a stop request that training honours at the next
+optimizer update, so rank 0 can save the exact position and every process can exit cleanly.
+
+Schedulers ask politely before they kill: SLURM sends SIGTERM (or `--signal=USR1@<s>` ahead of the
+time limit), Kubernetes SIGTERM, then SIGKILL after a grace period. `paddle.distributed.launch`
+forwards a signal it receives as SIGTERM to each rank's process group, up to three times 0.2 s apart,
+and SIGKILLs a rank still alive 30 s later. So:
+
+- the first signal only sets `requested`; the loop reads it at the per-step host sync it already does
+  (all ranks sum it with the loss, so all stop after the same update);
+- repeated SIGTERM / SIGUSR1 are expected (the launcher repeats them) and only logged;
+- a second SIGINT is a user pressing Ctrl-C again: it raises KeyboardInterrupt, but never inside
+  `saving()`: there it waits until the checkpoint is on disk (writes are atomic in any case). One
+  SIGINT after a SIGTERM is not that (`kill -INT` to a launch job reaches a rank after the launcher's
+  SIGTERM) and is only logged;
+- DataLoader workers must outlive the signal (`ignore_stop_signals` as `worker_init_fn`): the launcher
+  signals each rank's whole process group, and Paddle's worker setup gives SIGTERM a C++ handler that
+  kills the worker, whereupon the parent's SIGCHLD handler raises `SystemError: DataLoader process ...
+  is killed by signal: Terminated` in the middle of the step or the save. They serve the parent until
+  it ends them (`end_loader_workers`); Paddle's ParentWatchDog ends them within 5 s if it dies first.
+
+Paddle installs a C++ handler for SIGTERM at import (the `FatalError: Termination signal` dump);
+installing this handler after `import paddle` replaces it. Do not call `paddle.disable_signal_handler()`
+after installing: it resets SIGTERM to the default action underneath Python.
+"""
+import contextlib
+import os
+import signal
+import threading
+from typing import Dict, Iterator, Optional
+
+from .logger import get_logger
+
+_logger = get_logger(__name__)
+
+# Exit status of a run that stopped on a signal after saving checkpoint-latest.pd: re-running the
+# same command resumes it. 75 is EX_TEMPFAIL of sysexits.h ("temporary failure, retry later"), apart
+# from failures (1), the non-finite-loss stop (2), diverged ranks (3) and an unsaved Ctrl-C (130).
+EXIT_PREEMPTED = 75
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+# How long a DataLoader worker outlives a SIGTERM its parent did not follow up by shutting it down:
+# longer than the launcher's and SLURM's 30 s grace, so it never dies under a rank still saving.
+WORKER_GRACE_S = 60.0
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader `worker_init_fn` (it runs after Paddle's worker signal setup): workers keep serving
+    through stop signals until their parent shuts them down with `end_loader_workers`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
+
+
+def _worker_sigterm(signum: int, frame) -> None:
+    # multiprocessing ends daemonic workers with SIGTERM at interpreter exit and then joins them: a parent
+    # that did not shut its loader down would wait forever, so a worker leaves on its own after a grace.
+    # Exit status 0: Paddle's SIGCHLD check in the parent raises only for workers killed or failed.
+    global _worker_exit_timer
+    if _worker_exit_timer is None:
+        _worker_exit_timer = threading.Timer(WORKER_GRACE_S, os._exit, args=(0,))
+        _worker_exit_timer.daemon = True
+        _worker_exit_timer.start()
+
+
+_worker_exit_timer: Optional[threading.Timer] = None
+
+
+def end_loader_workers(batches) -> None:
+    """End the worker processes of a Paddle DataLoader iterator now (idempotent; nothing to do in-process).
+
+    Call it in a `finally` around the iteration: the engine stops mid-epoch on a stop request, and a
+    multi-process iterator left behind keeps its workers alive until interpreter exit.
+    """
+    shutdown = getattr(batches, '_try_shutdown_all', None)  # Paddle 2.6 and 3.x, multi-process iterators
+    if shutdown is not None:
+        shutdown()
+
+
+class PreemptionHandler:
+    """Turns stop signals into `requested`; use as `with PreemptionHandler() as preemption:` in the main thread.
+
+    Install it after `import paddle` and before the DataLoader starts its workers; the previous
+    handlers come back on exit (Paddle's C++ SIGTERM handler, which Python cannot hand back, becomes
+    the default action).
+    """
+
+    def __init__(self, signals=STOP_SIGNALS):
+        self.signals = tuple(signals)
+        self.received: Optional[signal.Signals] = None  # the first stop signal
+        self._count = 0
+        self._interrupts = 0
+        self._saving = False
+        self._interrupt_after_save = False
+        self._owner_pid = os.getpid()
+        self._previous: Dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        """A stop was asked for on this process (combine across ranks before acting on it)."""
+        return self.received is not None
+
+    def reason(self) -> str:
+        """What stopped the run, for its last line: the signal, or another rank's (ranks stop together)."""
+        return self.received.name if self.received is not None else 'a stop signal to another rank'
+
+    def install(self) -> 'PreemptionHandler':
+        self._owner_pid = os.getpid()
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            # None: the previous handler was not installed from Python (Paddle's C++ one).
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
+    def __enter__(self) -> 'PreemptionHandler':
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """Wrap the checkpoint write: a forced stop (second SIGINT) arriving meanwhile waits for it to finish."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+        if self._interrupt_after_save:
+            raise KeyboardInterrupt
+
+    def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._owner_pid:
+            return  # a forked child that kept the inherited handler: its parent decides when it ends
+        self._count += 1
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+        if self.received is None:
+            self.received = signal.Signals(signum)
+            _logger.warning('%s received: stopping after the current optimizer update and saving the position '
+                            '(Ctrl-C again to quit without saving)', name)
+            return
+        if self._interrupts >= 2:  # only Ctrl-C twice: a SIGINT after the launcher's SIGTERM is the same request
+            if self._saving:
+                self._interrupt_after_save = True
+                _logger.warning('SIGINT again: quitting once the checkpoint being written is on disk')
+                return
+            raise KeyboardInterrupt
+        _logger.info('%s again (%d stop signals so far): already stopping', name, self._count)
