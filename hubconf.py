@@ -1,0 +1,29 @@
+"""paddle.hub entry points: one per registered CvT variant.
+
+    model = paddle.hub.load('path/to/this/repo', 'cvt_13_224x224', source='local', pretrained=True)
+
+`pretrained=True` loads the variant's released weights (its tag, downloaded once into the cache);
+a path, URL or tag string loads that instead; `False` (the default) leaves the weights initialised.
+Other keywords (num_classes, drop_path_rate, ...) go to the model, as with models.create_model.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from models import create_model, list_models  # noqa: E402
+
+dependencies = ['paddle', 'numpy']
+
+
+def _entry(name: str):
+    def load(pretrained=False, **kwargs):
+        source = name if pretrained is True else (pretrained or None)
+        return create_model(name, pretrained=source, **kwargs)
+    load.__name__ = name
+    load.__doc__ = f'{name} (see models/cvt.py); pretrained: True for its released weights, or a path/URL/tag.'
+    return load
+
+
+for _name in list_models():
+    globals()[_name] = _entry(_name)
