@@ -6,6 +6,7 @@
 A run writes to OUTPUT/EXPERIMENT: args.yaml, train.log, log.txt (one JSON line per epoch) and
 checkpoint-latest/best/best-ema/<epoch>.pd; re-running the same command resumes from checkpoint-latest.
 """
+import contextlib
 import os
 import sys
 import time
@@ -22,9 +23,9 @@ from datasets.imagenet import build_dataset  # noqa: E402
 from datasets.loader import build_loader  # noqa: E402
 from datasets.mixup import Mixup  # noqa: E402
 from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
-from engine import NonFiniteLossError, TrainState, train_one_epoch  # noqa: E402
+from engine import NonFiniteLossError, StopRequested, TrainState, train_one_epoch  # noqa: E402
 from models import create_model  # noqa: E402
-from utils.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager,  # noqa: E402
+from utils.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager, RunLock,  # noqa: E402
                               TrainingCheckpoint, differing_settings, load_training_state)
 from utils.amp import AmpConfig, build_grad_scaler, decorate_o2  # noqa: E402
 from utils.cli import run_main  # noqa: E402
@@ -37,7 +38,9 @@ from utils.evaluation import evaluate  # noqa: E402
 from utils.logger import get_logger, log_json, setup_logger, truncate_json_log  # noqa: E402
 from utils.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
+from utils.preemption import EXIT_PREEMPTED, PreemptionHandler  # noqa: E402
 from utils.scheduler import CosineScheduler, scale_lr  # noqa: E402
+from utils.trackers import build_trackers  # noqa: E402
 from utils.weights import load_weights  # noqa: E402
 
 _logger = get_logger('train')
@@ -90,15 +93,16 @@ def checkpoint_to_resume(args, ckpts: CheckpointManager, identity: dict):
     """
     if args.resume:
         return args.resume, load_training_state(args.resume)
-    latest = ckpts.latest()
-    if latest is None:
-        return None, None
     if not args.auto_resume:
-        if args.overwrite:
-            return None, None
-        raise ValueError(f'{ckpts.output_dir} already holds a run ({LATEST}); --no_auto_resume would overwrite it: '
-                         f'add --overwrite to start over there, or name a new run with --experiment NAME')
-    ckpt = load_training_state(latest)
+        if ckpts.latest() or ckpts.numbered():
+            if not args.overwrite:
+                raise ValueError(f'{ckpts.output_dir} already holds a run; --no_auto_resume would overwrite it: add '
+                                 f'--overwrite to start over there, or name a new run with --experiment NAME')
+        return None, None
+    found = ckpts.load_latest()  # an unreadable latest falls back to the newest readable numbered one
+    if found is None:
+        return None, None
+    latest, ckpt = found
     changed = differing_settings(ckpt.get('identity', {}), identity, IDENTITY_KEYS)
     if changed:
         what = ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in changed.items())
@@ -139,44 +143,77 @@ def main(argv=None) -> int:
         raise ValueError('train.py: expected DATA_DIR (a folder with train/ and val/), found none')
     rank, world_size = init_distributed()
     run_dir = run_dir_of(args)
-    logger = setup_logger(None, rank)  # the run folder is written only once it is known to be this run's
+    setup_logger(None, rank)  # the run folder is written only once it is known to be this run's
+    seed_everything(args.seed)  # the same seed on every rank before the model is built: the same weights
+    model, train_set, data_cfg, train_loader, val_loader = build_model_and_data(args, rank, world_size)
     ckpts = CheckpointManager(run_dir, keep=args.keep_checkpoints)
+    identity = run_identity(args, data_cfg)
+    resume_path, ckpt = checkpoint_to_resume(args, ckpts, identity)
+    with contextlib.ExitStack() as run:
+        if rank == 0:
+            run.enter_context(RunLock(run_dir))  # a second run on this folder refuses before writing anything
+        logger = setup_logger(run_dir, rank)
+        if args.overwrite and resume_path is None and rank == 0:
+            ckpts.remove_run_files()
+        if args.finetune and resume_path is None:
+            load_weights(model, args.finetune, skip_if_mismatched=('head.',))
+        global_batch = args.batch_size * world_size * args.update_freq
+        if args.lr is None:
+            args.lr = scale_lr(args.base_lr, args.base_batch_size, global_batch)
+            logger.info('lr %.6g = base_lr %.3g x global batch %d / %d', args.lr, args.base_lr, global_batch,
+                        args.base_batch_size)
+        if rank == 0:
+            dump_config(args, os.path.join(run_dir, 'args.yaml'))
+        mixup = build_mixup(args, model.num_classes)
+        criterion = build_criterion(args, mixup)
+        model, optimizer, scheduler, amp, scaler = build_optimization(args, model, train_loader)
+        model_ema = ModelEma(model, args.model_ema_decay) if args.model_ema else None
+        checkpoint = TrainingCheckpoint(ckpts, model=model, optimizer=optimizer, scaler=scaler, model_ema=model_ema,
+                                        args={**vars(args), 'world_size': world_size}, identity=identity)
+        state = TrainState()
+        if resume_path:
+            position, how = resumed_position(ckpt, checkpoint.load_state_dict(ckpt, resume_path), args, world_size)
+            state = TrainState(**position)
+            if rank == 0:
+                truncate_json_log(os.path.join(run_dir, 'log.txt'), state.epoch)
+            logger.info('resumed from %s at epoch %d step %d: %s', resume_path, state.epoch, state.step_in_epoch, how)
+        del ckpt  # the optimizer holds its own copies; the pickle can be large
+        if world_size > 1:
+            model = checkpoint.model = paddle.DataParallel(model)
+        logger.info('training %s for %d epochs: %d updates/epoch, global batch %d, data %s', args.model, args.epochs,
+                    scheduler.steps_per_epoch, global_batch, data_cfg)
+        preemption = run.enter_context(PreemptionHandler())
+        return fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, state, checkpoint,
+                   amp=amp, scaler=scaler, mixup=mixup, model_ema=model_ema, train_set=train_set,
+                   preemption=preemption, rank=rank, world_size=world_size, run_dir=run_dir)
 
-    # The same seed on every rank before the model is built: all ranks start from the same weights.
-    seed_everything(args.seed)
+
+def build_model_and_data(args, rank: int, world_size: int):
+    """The model (its class count from the data unless given) and the train/val loaders."""
     train_set = build_dataset(args.data_dir, 'train', None, list_file=args.cls_label_path_train,
                               num_classes=args.num_classes, bad_image_policy=args.bad_image_policy)
     if args.num_classes is None:
         args.num_classes = train_set.num_classes
-        logger.info('num_classes=%d, from the training data', args.num_classes)
+        _logger.info('num_classes=%d, from the training data', args.num_classes)
     overrides = {k: v for k, v in dict(num_classes=args.num_classes, drop_path_rate=args.drop_path,
                                        drop_rate=args.drop).items() if v is not None}
     model = create_model(args.model, pretrained=args.pretrained, **overrides)
     args.num_classes = model.num_classes
-    data_cfg, train_loader, val_loader = build_data(args, model.default_cfg, train_set, rank, world_size)
-    identity = run_identity(args, data_cfg)
-    resume_path, ckpt = checkpoint_to_resume(args, ckpts, identity)
-    logger = setup_logger(run_dir, rank)
-    if args.overwrite and resume_path is None and rank == 0:
-        ckpts.remove_run_files()
-    if args.finetune and resume_path is None:
-        load_weights(model, args.finetune, skip_if_mismatched=('head.',))
     n_params = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
-    logger.info('model %s: %d trainable parameters, %d classes', args.model, n_params, model.num_classes)
+    _logger.info('model %s: %d trainable parameters, %d classes', args.model, n_params, model.num_classes)
+    data_cfg, train_loader, val_loader = build_data(args, model.default_cfg, train_set, rank, world_size)
+    return model, train_set, data_cfg, train_loader, val_loader
 
-    global_batch = args.batch_size * world_size * args.update_freq
-    if args.lr is None:
-        args.lr = scale_lr(args.base_lr, args.base_batch_size, global_batch)
-        logger.info('lr %.6g = base_lr %.3g x global batch %d / %d', args.lr, args.base_lr, global_batch,
-                    args.base_batch_size)
-    if rank == 0:
-        dump_config(args, os.path.join(run_dir, 'args.yaml'))
 
-    mixup = None
+def build_mixup(args, num_classes: int):
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
-        mixup = Mixup(args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob, args.mixup_switch_prob,
-                      args.mixup_mode, args.smoothing, model.num_classes, seed=args.seed)
-    criterion = build_criterion(args, mixup)
+        return Mixup(args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob, args.mixup_switch_prob,
+                     args.mixup_mode, args.smoothing, num_classes, seed=args.seed)
+    return None
+
+
+def build_optimization(args, model, train_loader):
+    """(model, optimizer, scheduler, amp, scaler); under O2 the model comes back with low-precision weights."""
     optimizer = build_optimizer(model, args.opt, args.lr, args.weight_decay, tuple(args.opt_betas), args.opt_eps,
                                 args.momentum, args.clip_grad, args.clip_mode)
     steps_per_epoch = train_loader.batch_sampler.num_batches // args.update_freq  # optimizer updates
@@ -189,46 +226,16 @@ def main(argv=None) -> int:
     scaler = build_grad_scaler(amp)
     if amp.enable and amp.level == 'O2':
         model, optimizer = decorate_o2(model, optimizer, amp.dtype)
-    model_ema = ModelEma(model, args.model_ema_decay) if args.model_ema else None
-    checkpoint = TrainingCheckpoint(ckpts, model=model, optimizer=optimizer, scaler=scaler, model_ema=model_ema,
-                                    args={**vars(args), 'world_size': world_size}, identity=identity)
-
-    state = TrainState()
-    if resume_path:
-        position, how = resumed_position(ckpt, checkpoint.load_state_dict(ckpt, resume_path), args, world_size)
-        state = TrainState(**position)
-        if rank == 0:
-            truncate_json_log(os.path.join(run_dir, 'log.txt'), state.epoch)
-        logger.info('resumed from %s at epoch %d step %d: %s', resume_path, state.epoch, state.step_in_epoch, how)
-    del ckpt  # the optimizer holds its own copies; the pickle can be large
-
-    if world_size > 1:
-        model = paddle.DataParallel(model)
-        checkpoint.model = model
-    logger.info('training %s for %d epochs: %d updates/epoch, global batch %d, data %s', args.model, args.epochs,
-                steps_per_epoch, global_batch, data_cfg)
-    try:
-        fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, state, checkpoint, amp=amp,
-            scaler=scaler, mixup=mixup, model_ema=model_ema, train_set=train_set, rank=rank, world_size=world_size,
-            run_dir=run_dir, n_params=n_params)
-    except NonFiniteLossError as e:
-        logger.error(str(e))
-        return 2
-    if world_size > 1:
-        agree, checksum = weights_agree_across_ranks(model)
-        if not agree:
-            logger.error('ranks ended with different weights (checksum %r on rank %d)', checksum, rank)
-            return 3
-        logger.info('weights checksum %r identical on all %d ranks', checksum, world_size)
-    logger.info('done: best Acc@1 %.3f; files in %s', checkpoint.best['acc1'], run_dir)
-    return 0
+    return model, optimizer, scheduler, amp, scaler
 
 
 def fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, state: TrainState,
-        checkpoint: TrainingCheckpoint, *, amp, scaler, mixup, model_ema, train_set, rank: int, world_size: int,
-        run_dir: str, n_params: int) -> None:
-    """The epoch loop from `state` to `args.epochs`: train, evaluate, log, checkpoint."""
-    wandb_run = _init_wandb(args, run_dir) if args.log_wandb and rank == 0 else None
+        checkpoint: TrainingCheckpoint, *, amp, scaler, mixup, model_ema, train_set, preemption, rank: int,
+        world_size: int, run_dir: str) -> int:
+    """The epoch loop from `state` to `args.epochs`: train, evaluate, log, checkpoint; returns the exit status."""
+    trackers = build_trackers(run_dir, wandb=args.log_wandb, visualdl=args.log_visualdl,
+                              wandb_project=args.wandb_project, config=vars(args)) if rank == 0 else []
+    n_params = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
 
     def position():
         return {'epoch': state.epoch, 'step_in_epoch': state.step_in_epoch, 'global_step': state.global_step}
@@ -245,11 +252,23 @@ def fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, 
         if mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
             mixup.mixup_enabled = False
         start = time.time()
-        train_stats = train_one_epoch(model, criterion, train_loader, optimizer, scheduler, state,
-                                      seed=args.seed, rank=rank, amp=amp, scaler=scaler, mixup=mixup,
-                                      update_freq=args.update_freq, model_ema=model_ema,
-                                      max_bad_steps=args.max_bad_steps, print_freq=args.print_freq,
-                                      on_update=on_update)
+        try:
+            train_stats = train_one_epoch(model, criterion, train_loader, optimizer, scheduler, state,
+                                          seed=args.seed, rank=rank, amp=amp, scaler=scaler, mixup=mixup,
+                                          update_freq=args.update_freq, model_ema=model_ema,
+                                          max_bad_steps=args.max_bad_steps, print_freq=args.print_freq,
+                                          on_update=on_update, stop_requested=lambda: preemption.requested)
+        except NonFiniteLossError as e:
+            _logger.error(str(e))
+            return 2
+        except StopRequested:
+            if rank == 0:
+                with preemption.saving():
+                    checkpoint.save_latest(position())
+            _logger.warning('stopped by %s at epoch %d step %d (%d updates): %s holds this position; run the same '
+                            'command again to resume (exit status %d)', preemption.reason(), state.epoch,
+                            state.step_in_epoch, state.global_step, checkpoint.manager.path(LATEST), EXIT_PREEMPTED)
+            return EXIT_PREEMPTED
         state.epoch, state.step_in_epoch = epoch + 1, 0
         replaced, replaced_before = train_set.num_replaced - replaced_before, train_set.num_replaced
         if replaced:
@@ -273,24 +292,21 @@ def fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, 
             if model_ema is not None:
                 record['best_ema_acc1'] = checkpoint.best['ema_acc1']
             log_json(os.path.join(run_dir, 'log.txt'), record)
-            if wandb_run is not None:
-                wandb_run.log(record, step=epoch)
+            for tracker in trackers:
+                tracker.log(record, epoch)
         if 'test_acc1' in record:
             _logger.info('* epoch %d  Acc@1 %.3f  Acc@5 %.3f  loss %.4f  best Acc@1 %.3f', epoch, record['test_acc1'],
                          record['test_acc5'], record['test_loss'], checkpoint.best['acc1'])
-    if wandb_run is not None:
-        wandb_run.finish()
-
-
-def _init_wandb(args, run_dir: str):
-    try:
-        import wandb
-    except ImportError as e:
-        raise ValueError('--log_wandb needs the wandb package: pip install wandb') from e
-    # One wandb run per run directory, so a resumed run continues the same curves.
-    run_id = os.path.basename(os.path.abspath(run_dir)).replace('/', '_')
-    return wandb.init(project=args.wandb_project, name=os.path.basename(run_dir), id=run_id, resume='allow',
-                      dir=run_dir, config=vars(args))
+    for tracker in trackers:
+        tracker.close()
+    if world_size > 1:
+        agree, checksum = weights_agree_across_ranks(model)
+        if not agree:
+            _logger.error('ranks ended with different weights (checksum %r on rank %d)', checksum, rank)
+            return 3
+        _logger.info('weights checksum %r identical on all %d ranks', checksum, world_size)
+    _logger.info('done: best Acc@1 %.3f; files in %s', checkpoint.best['acc1'], run_dir)
+    return 0
 
 
 if __name__ == '__main__':

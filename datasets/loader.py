@@ -5,6 +5,8 @@ import numpy as np
 import paddle
 from paddle.io import DataLoader
 
+from utils.preemption import ignore_stop_signals
+
 from .samplers import DistributedEvalSampler, DistributedTrainSampler, RepeatedAugSampler
 
 
@@ -62,5 +64,8 @@ def build_loader(dataset, batch_size: int, is_train: bool, num_replicas: int = 1
     if is_train and len(batch_sampler) == 0:
         raise ValueError(f'{len(dataset)} images give no batch of {batch_size} on each of {num_replicas} rank(s) '
                          f'with drop_last={drop_last}; lower batch_size or add images')
+    # Workers outlive stop signals (the launcher signals each rank's whole process group) until the
+    # rank has saved and shuts them down: one killed first would abort the rank mid-step.
     return InlineReadDataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_numpy,
-                                num_workers=num_workers, use_shared_memory=use_shared_memory)
+                                num_workers=num_workers, use_shared_memory=use_shared_memory,
+                                worker_init_fn=ignore_stop_signals)

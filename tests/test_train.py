@@ -303,3 +303,14 @@ def test_world_size_change_maps_the_mid_epoch_position_by_images_seen():
     assert 'world_size 1 -> 2' in line and 'step 10 x 16 images -> step 4 x 32' in line
     same, line = train.resumed_position(ckpt, {'epoch': 3, 'step_in_epoch': 10, 'global_step': 70}, args, 1)
     assert same['step_in_epoch'] == 10 and 'changed' not in line
+
+
+def test_visualdl_logs_scalars_offline(digits, tmp_path):
+    pytest.importorskip('visualdl', reason='visualdl is an optional extra (requirements-dev.txt)')
+    from visualdl import LogReader
+    assert _train(digits, tmp_path, '--epochs', '1', '--batch_size', '32', '--lr', '1e-3', '--log_visualdl') == 0
+    logs = list((tmp_path / 'run' / 'visualdl').glob('vdlrecords.*.log'))
+    assert len(logs) == 1
+    reader = LogReader(file_path=str(logs[0]))
+    assert {'train/loss', 'test/acc1'} <= set(reader.get_tags()['scalar'])
+    assert reader.get_data('scalar', 'test/acc1')[0].value == _log(tmp_path / 'run')[0]['test_acc1']

@@ -188,6 +188,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group('logging')
     g.add_argument('--print_freq', type=int, default=50, help='log training metrics every N steps')
     add_bool(g, 'log_wandb', False, 'also log to Weights & Biases (needs the wandb package)')
+    add_bool(g, 'log_visualdl', False, 'also log to VisualDL in OUTPUT/EXPERIMENT/visualdl (needs the visualdl package)')
     g.add_argument('--wandb_project', default='cvt-paddle', help='Weights & Biases project')
     add_bool(g, 'debug', False, 'full tracebacks on errors')
     return parser
