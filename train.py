@@ -223,6 +223,8 @@ def build_optimization(args, model, train_loader):
     scheduler = CosineScheduler(args.lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr,
                                 per_step=args.sched_on_updates, steps_per_epoch=steps_per_epoch)
     amp = AmpConfig(args.amp, args.amp_dtype, args.amp_level)
+    if amp.cpu_note():
+        _logger.info(amp.cpu_note())
     scaler = build_grad_scaler(amp)
     if amp.enable and amp.level == 'O2':
         model, optimizer = decorate_o2(model, optimizer, amp.dtype)

@@ -173,9 +173,11 @@ def test_two_process_data_parallel_equals_one_process_with_the_same_global_batch
 
 @pytest.mark.parametrize('amp', [['--amp', '--amp_dtype', 'float16'], ['--amp', '--amp_dtype', 'bfloat16',
                                                                         '--amp_level', 'O2']])
-def test_amp_code_path_runs_on_cpu(digits, tmp_path, amp):
+def test_amp_code_path_runs_on_cpu(digits, tmp_path, amp, capsys):
     assert _train(digits, tmp_path, '--epochs', '1', '--batch_size', '32', '--lr', '1e-3', *amp) == 0
     assert _log(tmp_path / 'run')[0]['test_num_images'] == 80
+    if not paddle.is_compiled_with_cuda():
+        assert capsys.readouterr().out.count('has no effect on this CPU build of Paddle') == 1
 
 
 def test_bad_yaml_key_and_missing_data_fail_clearly(tmp_path):

@@ -4,10 +4,15 @@ and the fp32 view of O2 weights.
 On a CPU Paddle turns autocast and the loss scaler off; these code paths are given GPU semantics in
 tests/gpu_semantics.py.
 """
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import paddle
+
+# On a CPU build Paddle warns at every autocast and scaler construction that AMP has no effect there;
+# train.py says so once instead (`AmpConfig.cpu_note`).
+warnings.filterwarnings('ignore', message=r'(AmpScaler|amp_guard) can only be enabled on CUDAPlace')
 
 
 @dataclass
@@ -20,6 +25,13 @@ class AmpConfig:
         # softmax and layer_norm stay fp32: attention logits and norm statistics overflow fp16 first.
         return paddle.amp.auto_cast(enable=self.enable, dtype=self.dtype, level=self.level,
                                     custom_black_list={'softmax', 'layer_norm'})
+
+    def cpu_note(self) -> Optional[str]:
+        """One line for a run that asks for AMP where Paddle cannot give it, else None."""
+        if self.enable and not paddle.is_compiled_with_cuda():
+            return (f'--amp ({self.dtype} {self.level}) has no effect on this CPU build of Paddle: autocast and '
+                    f'loss scaling need a GPU, so this run computes in fp32')
+        return None
 
     @property
     def needs_loss_scaling(self) -> bool:

@@ -64,7 +64,7 @@ def build_optimizer(model: nn.Layer, opt: str = 'adamw', lr: float = 1e-3, weigh
     if opt not in _OPTIMIZERS:
         raise ValueError(f"opt: expected one of {', '.join(_OPTIMIZERS)}, got '{opt}'")
     decay, no_decay = split_decay_params(model, skip_names)
-    _log_groups(opt, decay, no_decay)
+    _log_groups(opt, weight_decay, decay, no_decay)
     params = [p for _, p in decay + no_decay]
     for p in params:  # decay is decided here only; a regularizer left on a parameter would add L2 on top
         p.regularizer = None
@@ -82,8 +82,12 @@ def build_optimizer(model: nn.Layer, opt: str = 'adamw', lr: float = 1e-3, weigh
                                      use_nesterov=opt == 'sgd', grad_clip=clip)
 
 
-def _log_groups(opt: str, decay, no_decay) -> None:
+def _log_groups(opt: str, weight_decay: float, decay, no_decay) -> None:
     def numel(group):
         return sum(int(p.numel()) for _, p in group)
-    _logger.info('optimizer %s: weight decay on %d tensors (%d params), none on %d tensors (%d params)',
-                 opt, len(decay), numel(decay), len(no_decay), numel(no_decay))
+    if not weight_decay:
+        _logger.info('optimizer %s: no weight decay (weight_decay 0) on %d tensors (%d params)', opt,
+                     len(decay) + len(no_decay), numel(decay) + numel(no_decay))
+        return
+    _logger.info('optimizer %s: weight decay %g on %d tensors (%d params), none on %d tensors (%d params)',
+                 opt, weight_decay, len(decay), numel(decay), len(no_decay), numel(no_decay))
