@@ -75,8 +75,9 @@ class InlineReadDataLoader(DataLoader):
 
     Paddle's own num_workers=0 mode reads in a helper thread, which hangs the loop forever when the
     dataset raises. Paddle's persistent iterator (2.6 to 3.3) returns a stale batch of the previous
-    pass, or fails with "pop from empty list", after a pass that was left early: its reset drains
-    the blocking queue but not the reader's buffer. Such an iterator is shut down and replaced.
+    pass, or fails with "pop from empty list", after a pass that was left early: its reset empties
+    the blocking queue, not the batches its reader already took from it. Such an iterator is shut
+    down and replaced.
     """
     device_stage: Optional[NormalizeOnDevice] = None
     _pass_unfinished = False
@@ -152,9 +153,10 @@ def build_loader(dataset, batch_size: int, is_train: bool, num_replicas: int = 1
     else:
         batch_sampler = DistributedEvalSampler(len(dataset), batch_size, num_replicas, rank)
     if is_train and len(batch_sampler) == 0:
-        groups = f' in groups of update_freq={update_freq}' if update_freq > 1 else ''
+        groups, knobs = (f' in groups of update_freq={update_freq}', 'batch_size or update_freq') if update_freq > 1 \
+            else ('', 'batch_size')
         raise ValueError(f'{len(dataset)} images give no batch of {batch_size}{groups} on each of {num_replicas} '
-                         f'rank(s) with drop_last={drop_last}; lower batch_size or add images')
+                         f'rank(s) with drop_last={drop_last}; lower {knobs} or add images')
     dataset, device_stage = _uint8_transfer(dataset) if uint8_transfer else (dataset, None)
     loader = InlineReadDataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_numpy,
                                   num_workers=num_workers, use_shared_memory=use_shared_memory,
