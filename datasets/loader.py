@@ -82,10 +82,22 @@ class InlineReadDataLoader(DataLoader):
     device_stage: Optional[NormalizeOnDevice] = None
     _pass_unfinished = False
 
-    def __iter__(self):
-        if self._pass_unfinished and self._iterator is not None:  # Paddle's persistent iterator
+    def shutdown_workers(self) -> None:
+        """End the persistent workers now; the next pass starts new ones.
+
+        Paddle's persistent iterator is kept alive by its own reader thread, so its workers would
+        outlive a dropped loader: deleting the loader calls this.
+        """
+        if self._iterator is not None:  # Paddle's persistent iterator
             self._iterator._try_shutdown_all()
             self._iterator = None
+
+    def __del__(self):
+        self.shutdown_workers()
+
+    def __iter__(self):
+        if self._pass_unfinished:
+            self.shutdown_workers()
         self._pass_unfinished = True
         batches = super().__iter__() if self.num_workers > 0 else self._read_in_process()
         check = getattr(self.dataset, 'raise_if_failed', None)

@@ -1,6 +1,8 @@
 """build_loader: batch layout, seeded determinism (0 and 2 workers), epochs, resume, bad images, eval coverage,
 persistent workers, uint8 transfer with normalisation and random erasing on the device."""
+import gc
 import os
+import time
 
 import numpy as np
 import paddle
@@ -159,6 +161,14 @@ class _Pids(paddle.io.Dataset):
         return np.full((1,), os.getpid(), np.int64), 0
 
 
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _pids(loader):
     return {int(p) for x, _ in loader for p in x.numpy().ravel()}
 
@@ -174,6 +184,18 @@ def test_persistent_workers_live_across_epochs_resumes_and_evaluations():
         train.batch_sampler.set_start_batch(start)
         assert _pids(train) == train_pids
         assert _pids(val) == val_pids
+
+
+def test_dropping_a_loader_ends_its_persistent_workers():
+    loader = build_loader(_Pids(4), 2, is_train=False, num_workers=2)
+    workers = _pids(loader)
+    assert all(_running(pid) for pid in workers)
+    del loader
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in workers)
 
 
 def test_persistent_workers_give_the_batches_of_inline_reading(tiny_imagefolder):
