@@ -307,7 +307,12 @@ def measure_our_loader(job: dict, paths: Sequence[str], labels: Sequence[int],
     mixup = Mixup(seed=args.seed, **MIXUP)
     loader = build_loader(dataset, args.batch_size, is_train=True, seed=args.seed, num_workers=job['workers'],
                           persistent_workers=job['persistent'], uint8_transfer=job['transfer'] == 'uint8')
-    result = time_loader_passes(loader, loader.batch_sampler.set_epoch, mixup, args.batch_size, args.iters + 1)
+    try:
+        result = time_loader_passes(loader, loader.batch_sampler.set_epoch, mixup, args.batch_size, args.iters + 1)
+    finally:
+        # now, not at garbage collection: forked workers hold the timm side's stdin open, which
+        # then never sees the end of its requests
+        loader.shutdown_workers()
     sample = loader.dataset[0][0]  # what a worker puts in shared memory, per image
     return dict(result, shm_batch_mb=args.batch_size * sample.nbytes / 2**20,
                 transferred=str(sample.dtype), device=str(paddle.get_device()))
