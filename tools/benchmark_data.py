@@ -81,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument('--workers', type=int, nargs='*', default=[0, 1, 2],
                      help='build_loader num_workers values to time (none: skip the loader)')
     run.add_argument('--transfer', nargs='+', choices=('uint8', 'float32'), default=['uint8', 'float32'],
-                     help='build_loader transfers to time: uint8 (normalised on the device) or float32 from the workers')
+                     help='build_loader transfers to time: uint8 (normalised on the device), float32 (by the workers)')
     run.add_argument('--fresh_workers', action='store_true',
                      help='also time loaders that start new workers every pass (no persistent workers)')
     run.add_argument('--seed', type=int, default=0, help='seed of the generated images and of every timed pass')

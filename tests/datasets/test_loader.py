@@ -230,7 +230,8 @@ def test_update_freq_yields_only_whole_accumulation_groups(train_set):
     loader = build_loader(train_set, 2, is_train=True, num_workers=0, update_freq=4)
     assert loader.batch_sampler.num_batches == 4  # 6 batches of 2, one whole group of 4
     assert len(_epoch(loader, 0)) == 4
-    with pytest.raises(ValueError, match=r'12 images give no batch of 4 in groups of update_freq=4 on each of 1 .*lower batch_size or update_freq'):
+    with pytest.raises(ValueError, match=r'12 images give no batch of 4 in groups of update_freq=4 on each of 1 '
+                                         r'.*lower batch_size or update_freq'):
         build_loader(train_set, 4, is_train=True, update_freq=4)
 
 
