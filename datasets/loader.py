@@ -136,7 +136,7 @@ def _uint8_transfer(dataset) -> Tuple[object, Optional[NormalizeOnDevice]]:
 def build_loader(dataset, batch_size: int, is_train: bool, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  num_workers: int = 4, use_shared_memory: bool = True, repeated_aug: bool = False,
                  drop_last: Optional[bool] = None, update_freq: int = 1, persistent_workers: bool = True,
-                 uint8_transfer: bool = True) -> DataLoader:
+                 uint8_transfer: Optional[bool] = None) -> DataLoader:
     """Loader over this rank's share of `dataset`, yielding [images float32 (B, C, H, W), labels (B,) int64]
     on the current device.
 
@@ -150,8 +150,12 @@ def build_loader(dataset, batch_size: int, is_train: bool, num_replicas: int = 1
     `persistent_workers`: the worker processes live as long as the loader, not one pass (read
     every pass to the end, or the next one starts new workers). `uint8_transfer`: a dataset whose
     transform is a build_transform pipeline sends uint8 images through shared memory (a quarter of
-    the float32 bytes) and they are normalised and randomly erased on the device.
+    the float32 bytes) and they are normalised and randomly erased on the device. None: on unless
+    the current device is the CPU, where Paddle's elementwise kernels in the training process cost
+    more than the workers' normalisation saves (see tools/benchmark_data.py).
     """
+    if uint8_transfer is None:
+        uint8_transfer = not paddle.device.get_device().startswith('cpu')
     if drop_last is None:
         drop_last = is_train
     if is_train:

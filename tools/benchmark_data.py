@@ -15,7 +15,7 @@ same seeds; its passes alternate with ours, so both see the same load on a share
 
 The loader rows time whole passes of build_loader: uint8 or float32 through shared memory
 (--transfer), persistent or, with --fresh_workers, new workers every pass, with the shared-memory
-bytes per batch; timm's create_loader (uint8, persistent workers) is timed next to our uint8 rows.
+bytes per batch; timm's create_loader (uint8, persistent workers) is timed next to them.
 """
 import os
 import sys
@@ -521,19 +521,24 @@ def loader_jobs(args: argparse.Namespace) -> List[dict]:
 
 def compare_loaders(jobs: List[dict], paths: List[str], labels: List[int], args: argparse.Namespace,
                     timm_side: Optional[TimmSide]) -> List[dict]:
-    """Table rows for the loader jobs; timm's loader (its own uint8 path) is timed next to our uint8 ones."""
-    rows = []
+    """Table rows for the loader jobs; timm's loader (uint8, normalised in its PrefetchLoader, persistent
+    workers), timed once per size and worker count, sits next to our rows with persistent workers."""
+    rows, timm_results = [], {}
     for job in jobs:
+        key = job['input_size'], job['workers']
+        compare = timm_side is not None and job['persistent'] == (job['workers'] > 0)
         ours_runs, timm_runs = [], []
-        compare = timm_side is not None and job['transfer'] == 'uint8' and job['persistent'] == (job['workers'] > 0)
         for _ in range(args.repeats):
             ours_runs.append(measure_our_loader(job, paths, labels, args))
-            if compare:
+            if compare and key not in timm_results:
                 timm_runs.append(timm_side.measure(job))
-        ours, timm_result = fastest(ours_runs), fastest(timm_runs) if timm_runs else None
+        if timm_runs:
+            timm_results[key] = fastest(timm_runs)
+        ours = fastest(ours_runs)
         row = dict(name=f"train, build_loader {job['workers']} workers", **job,
                    **{f'ours_{k}': v for k, v in ours.items()})
-        if timm_result is not None:
+        if compare:
+            timm_result = timm_results[key]
             row.update({f'timm_{k}': v for k, v in timm_result.items()}, ratio=ours['img_s'] / timm_result['img_s'])
         rows.append(row)
     return rows

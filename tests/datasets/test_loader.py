@@ -198,14 +198,16 @@ def test_dropping_a_loader_ends_its_persistent_workers():
     assert not any(_running(pid) for pid in workers)
 
 
-def test_persistent_workers_give_the_batches_of_inline_reading(tiny_imagefolder):
+@pytest.mark.parametrize('uint8_transfer', [True, False])
+def test_persistent_workers_give_the_batches_of_inline_reading(tiny_imagefolder, uint8_transfer):
     transform = build_transform(True, 32, aa='rand-m9-mstd0.5-inc1', reprob=0.5)
     train_set = build_dataset(str(tiny_imagefolder), 'train', transform=transform)
     val_set = build_dataset(str(tiny_imagefolder), 'val', transform=build_transform(False, 32))
 
     def run(num_workers):
-        train = build_loader(train_set, 4, is_train=True, seed=5, num_workers=num_workers)
-        val = build_loader(val_set, 5, is_train=False, num_workers=num_workers)
+        train = build_loader(train_set, 4, is_train=True, seed=5, num_workers=num_workers,
+                             uint8_transfer=uint8_transfer)
+        val = build_loader(val_set, 5, is_train=False, num_workers=num_workers, uint8_transfer=uint8_transfer)
         passes = []
         for epoch, start in [(0, 0), (1, 1), (2, 0)]:
             train.batch_sampler.set_epoch(epoch)
@@ -237,9 +239,10 @@ def test_update_freq_yields_only_whole_accumulation_groups(train_set):
 
 def test_uint8_transfer_sends_uint8_and_yields_the_float_pipeline_output(tiny_imagefolder):
     train_set = build_dataset(str(tiny_imagefolder), 'train', transform=build_transform(True, 32))
-    loader = build_loader(train_set, 4, is_train=True, seed=2, num_workers=0)
+    loader = build_loader(train_set, 4, is_train=True, seed=2, num_workers=0, uint8_transfer=True)
     assert loader.dataset[0][0].dtype == np.uint8 and loader.dataset[0][0].shape == (3, 32, 32)
     assert train_set[0][0].dtype == np.float32  # the caller's dataset keeps its float transform
+    assert build_loader(train_set, 4, is_train=True).device_stage is None  # on a CPU device: float32 by default
     on_device = _epoch(loader, 0)
     on_host = _epoch(build_loader(train_set, 4, is_train=True, seed=2, num_workers=0, uint8_transfer=False), 0)
     for (xa, ya), (xb, yb) in zip(on_device, on_host):
@@ -252,7 +255,8 @@ def test_device_erasing_follows_the_sample_seed_only(tiny_imagefolder):
     transform = build_transform(True, 32, reprob=0.5, remode='pixel', recount=2)
     train_set = build_dataset(str(tiny_imagefolder), 'train', transform=transform)
     unerased = build_dataset(str(tiny_imagefolder), 'train', transform=build_transform(True, 32))
-    make = lambda ds, workers: build_loader(ds, 4, is_train=True, seed=9, num_workers=workers)  # noqa: E731
+    make = lambda ds, workers: build_loader(ds, 4, is_train=True, seed=9, num_workers=workers,  # noqa: E731
+                                            uint8_transfer=True)
     erased = _epoch(make(train_set, 2), 3)
     _assert_same(erased, _epoch(make(train_set, 0), 3))
     resumed = make(train_set, 0)
