@@ -105,14 +105,18 @@ class InlineReadDataLoader(DataLoader):
         # The sampler is pure given (epoch, start_batch): a second pass over it gives the sample
         # seeds of the batches the workers read, in order.
         sampled = iter(self.batch_sampler) if stage is not None and stage.erasing is not None else None
-        for images, labels in batches:
-            if check is not None:
-                check()
-            if stage is not None:
-                seeds = [seed for _, seed in next(sampled)] if sampled is not None else None
-                images = stage(images, seeds)
-            yield [images, labels]
-        self._pass_unfinished = False
+        try:
+            for images, labels in batches:
+                if check is not None:
+                    check()
+                if stage is not None:
+                    seeds = [seed for _, seed in next(sampled)] if sampled is not None else None
+                    images = stage(images, seeds)
+                yield [images, labels]
+            self._pass_unfinished = False
+        finally:
+            if self._pass_unfinished:  # left early (break, exception): free the workers and their batches now
+                self.shutdown_workers()
 
     def _read_in_process(self) -> Iterator[List[paddle.Tensor]]:
         for indices in self.batch_sampler:

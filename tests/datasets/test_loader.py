@@ -186,16 +186,28 @@ def test_persistent_workers_live_across_epochs_resumes_and_evaluations():
         assert _pids(val) == val_pids
 
 
+def _wait_ended(pids):
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(_running(pid) for pid in pids)
+
+
 def test_dropping_a_loader_ends_its_persistent_workers():
     loader = build_loader(_Pids(4), 2, is_train=False, num_workers=2)
     workers = _pids(loader)
     assert all(_running(pid) for pid in workers)
     del loader
     gc.collect()
-    deadline = time.monotonic() + 10
-    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_running(pid) for pid in workers)
+    assert _wait_ended(workers)
+
+
+def test_leaving_a_pass_early_ends_its_workers_at_once():
+    loader = build_loader(_Pids(12), 2, is_train=True, num_workers=2)
+    loader.batch_sampler.set_epoch(0)
+    workers = {int(x.numpy()[0, 0]) for _, (x, _) in zip(range(3), loader)}  # 3 of 6 batches, more prefetched
+    assert _wait_ended(workers)  # not kept idle (with their prefetched batches) until the next pass
+    assert len(_pids(loader)) == 2
 
 
 @pytest.mark.parametrize('uint8_transfer', [True, False])
