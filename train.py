@@ -64,7 +64,8 @@ def build_data(args, model_cfg, train_set, rank: int, world_size: int):
                             bad_image_policy=args.bad_image_policy)
     common = dict(num_replicas=world_size, rank=rank, seed=args.seed, num_workers=args.num_workers,
                   use_shared_memory=args.use_shared_memory)
-    train_loader = build_loader(train_set, args.batch_size, is_train=True, repeated_aug=args.repeated_aug, **common)
+    train_loader = build_loader(train_set, args.batch_size, is_train=True, repeated_aug=args.repeated_aug,
+                                update_freq=args.update_freq, **common)
     val_loader = build_loader(val_set, args.batch_size, is_train=False, **common)
     return data_cfg, train_loader, val_loader
 
@@ -150,6 +151,8 @@ def main(argv=None) -> int:
     identity = run_identity(args, data_cfg)
     resume_path, ckpt = checkpoint_to_resume(args, ckpts, identity)
     with contextlib.ExitStack() as run:
+        for loader in (train_loader, val_loader):  # persistent workers end with the run, whatever ends it
+            run.callback(loader.shutdown_workers)
         if rank == 0:
             run.enter_context(RunLock(run_dir))  # a second run on this folder refuses before writing anything
         logger = setup_logger(run_dir, rank)

@@ -1,13 +1,23 @@
-"""build_loader: dataset + batch sampler (per-sample augmentation seeds) + numpy collate -> paddle.io.DataLoader."""
+"""build_loader: dataset + batch sampler (per-sample augmentation seeds) + numpy collate -> paddle.io.DataLoader,
+with persistent workers and uint8 transfer (normalisation and random erasing on the device)."""
+import copy
+import random
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
 from paddle.io import DataLoader
+from paddle.tensor.random import gaussian  # the one random op with a per-call seed (0 = global generator)
 
 from utils.preemption import ignore_stop_signals
 
+from .random_erasing import RandomErasing
 from .samplers import DistributedEvalSampler, DistributedTrainSampler, RepeatedAugSampler
+from .transforms import Pipeline, ToNormalizedArray
+
+# Device-side random erasing draws from its own stream per sample: the sample seed itself already
+# drives the worker's crop/flip/RandAugment draws.
+_ERASING_STREAM = 0xE5A5E
 
 
 def collate_numpy(samples: Sequence[Tuple[np.ndarray, int]]) -> List[np.ndarray]:
@@ -17,21 +27,98 @@ def collate_numpy(samples: Sequence[Tuple[np.ndarray, int]]) -> List[np.ndarray]
     return [images, labels]
 
 
-class InlineReadDataLoader(DataLoader):
-    """DataLoader whose num_workers=0 mode reads batches in the calling thread, and which raises a
-    dataset's recorded failure (bad_image_policy='error') right after the batch it happened in.
+class NormalizeOnDevice:
+    """The end of a build_transform pipeline, run on a uint8 (B, C, H, W) batch where it lands:
+    (x / 255 - mean) / std in float32, then RandomErasing per sample.
 
-    Paddle's own num_workers=0 mode reads in a helper thread, which hangs the loop forever when the
-    dataset raises.
+    A sample's erasing is a function of its sampler seed only, so it stays the same with any
+    num_workers and after a resume; its noise comes from Paddle's generator on the current device.
     """
 
+    def __init__(self, normalize: ToNormalizedArray, erasing: Optional[RandomErasing] = None):
+        mean, std = np.asarray(normalize.mean), np.asarray(normalize.std)
+        self.scale = (1.0 / (255.0 * std)).astype(np.float32).reshape(1, 3, 1, 1)
+        self.shift = (-mean / std).astype(np.float32).reshape(1, 3, 1, 1)
+        self.erasing = erasing
+        self._on_device = None  # (scale, shift) tensors, made on first use (after the workers forked)
+
+    def __call__(self, images: paddle.Tensor, sample_seeds: Optional[Sequence[int]] = None) -> paddle.Tensor:
+        if self._on_device is None:
+            self._on_device = paddle.to_tensor(self.scale), paddle.to_tensor(self.shift)
+        scale, shift = self._on_device
+        x = images.astype('float32') * scale + shift
+        if self.erasing is not None:
+            assert sample_seeds is not None, 'random erasing on the device needs the sampler seeds'
+            self._erase(x, sample_seeds)
+        return x
+
+    def _erase(self, x: paddle.Tensor, sample_seeds: Sequence[int]) -> None:
+        channels, height, width = x.shape[1:]
+        mode = self.erasing.mode
+        for i, seed in enumerate(sample_seeds):
+            rng = random.Random(_ERASING_STREAM << 32 | seed)
+            for top, left, box_h, box_w in self.erasing.draw(height, width, rng):
+                if mode == 'const':
+                    fill = 0.0  # the dataset mean
+                else:  # 'pixel': noise per element, 'rand': one value per channel
+                    shape = [channels, box_h, box_w] if mode == 'pixel' else [channels, 1, 1]
+                    fill = gaussian(shape, seed=rng.randrange(1, 2**31)).expand([channels, box_h, box_w])
+                x[i, :, top:top + box_h, left:left + box_w] = fill
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(erasing={self.erasing!r})'
+
+
+class InlineReadDataLoader(DataLoader):
+    """DataLoader whose num_workers=0 mode reads batches in the calling thread, which raises a
+    dataset's recorded failure (bad_image_policy='error') right after the batch it happened in,
+    which finishes uint8 batches with `device_stage`, and whose persistent workers survive only
+    passes that were read to the end.
+
+    Paddle's own num_workers=0 mode reads in a helper thread, which hangs the loop forever when the
+    dataset raises. Paddle's persistent iterator (2.6 to 3.3) returns a stale batch of the previous
+    pass, or fails with "pop from empty list", after a pass that was left early: its reset empties
+    the blocking queue, not the batches its reader already took from it. Such an iterator is shut
+    down and replaced.
+    """
+    device_stage: Optional[NormalizeOnDevice] = None
+    _pass_unfinished = False
+
+    def shutdown_workers(self) -> None:
+        """End the persistent workers now; the next pass starts new ones.
+
+        Paddle's persistent iterator is kept alive by its own reader thread, so its workers would
+        outlive a dropped loader: deleting the loader calls this.
+        """
+        if self._iterator is not None:  # Paddle's persistent iterator
+            self._iterator._try_shutdown_all()
+            self._iterator = None
+
+    def __del__(self):
+        self.shutdown_workers()
+
     def __iter__(self):
+        if self._pass_unfinished:
+            self.shutdown_workers()
+        self._pass_unfinished = True
         batches = super().__iter__() if self.num_workers > 0 else self._read_in_process()
         check = getattr(self.dataset, 'raise_if_failed', None)
-        for batch in batches:
-            if check is not None:
-                check()
-            yield batch
+        stage = self.device_stage
+        # The sampler is pure given (epoch, start_batch): a second pass over it gives the sample
+        # seeds of the batches the workers read, in order.
+        sampled = iter(self.batch_sampler) if stage is not None and stage.erasing is not None else None
+        try:
+            for images, labels in batches:
+                if check is not None:
+                    check()
+                if stage is not None:
+                    seeds = [seed for _, seed in next(sampled)] if sampled is not None else None
+                    images = stage(images, seeds)
+                yield [images, labels]
+            self._pass_unfinished = False
+        finally:
+            if self._pass_unfinished:  # left early (break, exception): free the workers and their batches now
+                self.shutdown_workers()
 
     def _read_in_process(self) -> Iterator[List[paddle.Tensor]]:
         for indices in self.batch_sampler:
@@ -39,33 +126,65 @@ class InlineReadDataLoader(DataLoader):
             yield [paddle.to_tensor(array) for array in batch]
 
 
+def _uint8_transfer(dataset) -> Tuple[object, Optional[NormalizeOnDevice]]:
+    """A shallow copy of `dataset` whose build_transform pipeline stops before normalisation, and
+    the stage that finishes it on the device; (dataset, None) for any other transform."""
+    transform = getattr(dataset, 'transform', None)
+    split = transform.split_normalization() if isinstance(transform, Pipeline) else None
+    if split is None:
+        return dataset, None
+    host, normalize, erasing = split
+    host_dataset = copy.copy(dataset)  # shares paths, labels and the shared-memory failure counters
+    host_dataset.transform = host
+    return host_dataset, NormalizeOnDevice(normalize, erasing)
+
+
 def build_loader(dataset, batch_size: int, is_train: bool, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  num_workers: int = 4, use_shared_memory: bool = True, repeated_aug: bool = False,
-                 drop_last: Optional[bool] = None) -> DataLoader:
-    """Loader over this rank's share of `dataset`, yielding [images (B, C, H, W), labels (B,) int64].
+                 drop_last: Optional[bool] = None, update_freq: int = 1, persistent_workers: bool = True,
+                 uint8_transfer: Optional[bool] = None) -> DataLoader:
+    """Loader over this rank's share of `dataset`, yielding [images float32 (B, C, H, W), labels (B,) int64]
+    on the current device.
 
     Train: shuffled per epoch (call `loader.batch_sampler.set_epoch(epoch)` before each epoch and
     `set_start_batch(n)` to resume mid-epoch), DeiT repeated augmentation with `repeated_aug`,
-    incomplete last batch dropped unless `drop_last=False`. Eval: every image once over all ranks,
-    in order. Train augmentations are a function of (seed, rank, epoch, position): the same with
-    any num_workers and after a resume.
+    incomplete last batch dropped unless `drop_last=False`, only whole groups of `update_freq`
+    batches (gradient accumulation). Eval: every image once over all ranks, in order. Train
+    augmentations are a function of (seed, rank, epoch, position): the same with any num_workers
+    and after a resume.
+
+    `persistent_workers`: the worker processes live as long as the loader, not one pass (read
+    every pass to the end, or the next one starts new workers). `uint8_transfer`: a dataset whose
+    transform is a build_transform pipeline sends uint8 images through shared memory (a quarter of
+    the float32 bytes) and they are normalised and randomly erased on the device. None: on unless
+    the current device is the CPU, where Paddle's elementwise kernels in the training process cost
+    more than the workers' normalisation saves (see tools/benchmark_data.py).
     """
+    if uint8_transfer is None:
+        uint8_transfer = not paddle.device.get_device().startswith('cpu')
     if drop_last is None:
         drop_last = is_train
     if is_train:
         sampler_cls = RepeatedAugSampler if repeated_aug else DistributedTrainSampler
         batch_sampler = sampler_cls(len(dataset), batch_size, num_replicas, rank, shuffle=True, seed=seed,
-                                    drop_last=drop_last)
-    elif repeated_aug or drop_last:
-        raise ValueError('eval loader: repeated_aug and drop_last must be off (every image is evaluated once), '
-                         f'found repeated_aug={repeated_aug}, drop_last={drop_last}')
+                                    drop_last=drop_last, whole_groups_of=update_freq)
+    elif repeated_aug or drop_last or update_freq != 1:
+        raise ValueError('eval loader: repeated_aug, drop_last and update_freq must be off (every image is '
+                         f'evaluated once), found repeated_aug={repeated_aug}, drop_last={drop_last}, '
+                         f'update_freq={update_freq}')
     else:
         batch_sampler = DistributedEvalSampler(len(dataset), batch_size, num_replicas, rank)
     if is_train and len(batch_sampler) == 0:
-        raise ValueError(f'{len(dataset)} images give no batch of {batch_size} on each of {num_replicas} rank(s) '
-                         f'with drop_last={drop_last}; lower batch_size or add images')
+        groups, knobs = (f' in groups of update_freq={update_freq}', 'batch_size or update_freq') if update_freq > 1 \
+            else ('', 'batch_size')
+        raise ValueError(f'{len(dataset)} images give no batch of {batch_size}{groups} on each of {num_replicas} '
+                         f'rank(s) with drop_last={drop_last}; lower {knobs} or add images')
+    dataset, device_stage = _uint8_transfer(dataset) if uint8_transfer else (dataset, None)
     # Workers outlive stop signals (the launcher signals each rank's whole process group) until the
     # rank has saved and shuts them down: one killed first would abort the rank mid-step.
-    return InlineReadDataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_numpy,
-                                num_workers=num_workers, use_shared_memory=use_shared_memory,
-                                worker_init_fn=ignore_stop_signals)
+    loader = InlineReadDataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_numpy,
+                                  num_workers=num_workers, use_shared_memory=use_shared_memory,
+                                  persistent_workers=persistent_workers and num_workers > 0,
+                                  worker_init_fn=ignore_stop_signals)
+    loader.device_stage = device_stage
+    return loader

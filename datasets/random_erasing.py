@@ -38,22 +38,27 @@ class RandomErasing:
         self.min_count = min_count
         self.max_count = max_count
 
-    def sample_boxes(self, height: int, width: int) -> List[Tuple[int, int, int, int]]:
-        """Draw the (top, left, box_h, box_w) boxes for one image that is erased."""
-        count = (self.min_count if self.min_count == self.max_count
-                 else random.randint(self.min_count, self.max_count))
+    def sample_boxes(self, height: int, width: int, rng=random) -> List[Tuple[int, int, int, int]]:
+        """Draw the (top, left, box_h, box_w) boxes for one image that is erased.
+
+        `rng`: the `random` module (the worker-seeded stream) or a `random.Random`.
+        """
+        count = self.min_count if self.min_count == self.max_count else rng.randint(self.min_count, self.max_count)
         boxes = []
         for _ in range(count):
             for _ in range(_ATTEMPTS):
-                target_area = random.uniform(self.min_area, self.max_area) * height * width / count
-                aspect = math.exp(random.uniform(*self.log_aspect))
+                target_area = rng.uniform(self.min_area, self.max_area) * height * width / count
+                aspect = math.exp(rng.uniform(*self.log_aspect))
                 box_h = int(round(math.sqrt(target_area * aspect)))
                 box_w = int(round(math.sqrt(target_area / aspect)))
                 if box_h < height and box_w < width:
-                    boxes.append((random.randint(0, height - box_h), random.randint(0, width - box_w),
-                                  box_h, box_w))
+                    boxes.append((rng.randint(0, height - box_h), rng.randint(0, width - box_w), box_h, box_w))
                     break
         return boxes
+
+    def draw(self, height: int, width: int, rng=random) -> List[Tuple[int, int, int, int]]:
+        """The boxes one image gets: none with probability 1 - `probability`."""
+        return [] if rng.random() > self.probability else self.sample_boxes(height, width, rng)
 
     def _fill(self, channels: int, box_h: int, box_w: int, dtype) -> np.ndarray:
         if self.mode == 'pixel':
@@ -63,10 +68,8 @@ class RandomErasing:
         return np.zeros((channels, 1, 1), dtype)
 
     def _erase(self, img: np.ndarray) -> None:
-        if random.random() > self.probability:
-            return
         channels, height, width = img.shape
-        for top, left, box_h, box_w in self.sample_boxes(height, width):
+        for top, left, box_h, box_w in self.draw(height, width):
             img[:, top:top + box_h, left:left + box_w] = self._fill(channels, box_h, box_w, img.dtype)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

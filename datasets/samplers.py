@@ -31,22 +31,30 @@ class _EpochBatchSampler(abc.ABC):
     Train samplers (`seeded`) yield (index, seed) pairs; the dataset seeds the augmentation RNGs
     with them, so training draws the same augmentations with any number of loader workers and
     after a mid-epoch resume.
+
+    `whole_groups_of=K` (gradient accumulation over K micro-batches) keeps only whole groups of K
+    batches: the loop then reads every batch an epoch yields, so a loader with persistent workers
+    is never left mid-epoch (Paddle's persistent iterator returns stale batches after that).
     """
     seeded = False
     seed = 0
 
-    def __init__(self, dataset_len: int, batch_size: int, num_replicas: int, rank: int, drop_last: bool):
+    def __init__(self, dataset_len: int, batch_size: int, num_replicas: int, rank: int, drop_last: bool,
+                 whole_groups_of: int = 1):
         if dataset_len <= 0:
             raise ValueError(f'dataset_len: expected a positive number of samples, found {dataset_len}')
         if batch_size <= 0:
             raise ValueError(f'batch_size: expected a positive integer, found {batch_size}')
         if num_replicas <= 0 or not 0 <= rank < num_replicas:
             raise ValueError(f'rank/num_replicas: expected 0 <= rank < num_replicas, found {rank}/{num_replicas}')
+        if whole_groups_of <= 0:
+            raise ValueError(f'whole_groups_of: expected a positive integer, found {whole_groups_of}')
         self.dataset_len = dataset_len
         self.batch_size = batch_size
         self.num_replicas = num_replicas
         self.rank = rank
         self.drop_last = drop_last
+        self.whole_groups_of = whole_groups_of
         self.epoch = 0
         self.start_batch = 0
 
@@ -60,9 +68,11 @@ class _EpochBatchSampler(abc.ABC):
 
     @property
     def num_batches(self) -> int:
-        """Batches in a whole epoch on this rank (`len()` counts only those left after `start_batch`)."""
+        """Batches in a whole epoch on this rank, a multiple of `whole_groups_of` (`len()` counts only
+        those left after `start_batch`)."""
         n = self._num_rank_samples()
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        batches = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return batches // self.whole_groups_of * self.whole_groups_of
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's order; also rewinds to its first batch."""
@@ -96,8 +106,8 @@ class DistributedTrainSampler(_EpochBatchSampler):
     seeded = True
 
     def __init__(self, dataset_len: int, batch_size: int, num_replicas: int = 1, rank: int = 0,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = True):
-        super().__init__(dataset_len, batch_size, num_replicas, rank, drop_last)
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = True, whole_groups_of: int = 1):
+        super().__init__(dataset_len, batch_size, num_replicas, rank, drop_last, whole_groups_of)
         self.shuffle = shuffle
         self.seed = seed
 
@@ -126,10 +136,10 @@ class RepeatedAugSampler(_EpochBatchSampler):
 
     def __init__(self, dataset_len: int, batch_size: int, num_replicas: int = 1, rank: int = 0,
                  shuffle: bool = True, seed: int = 0, num_repeats: int = 3, selected_round: int = 256,
-                 drop_last: bool = True):
+                 drop_last: bool = True, whole_groups_of: int = 1):
         if num_repeats < 1:
             raise ValueError(f'num_repeats: expected >= 1, found {num_repeats}')
-        super().__init__(dataset_len, batch_size, num_replicas, rank, drop_last)
+        super().__init__(dataset_len, batch_size, num_replicas, rank, drop_last, whole_groups_of)
         self.shuffle = shuffle
         self.seed = seed
         self.num_repeats = num_repeats

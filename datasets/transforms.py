@@ -2,7 +2,9 @@
 protocols (resize shorter side + centre crop, or squash), in PIL + numpy; no paddle, no torch.
 
 Every transform maps a PIL image (or an HWC uint8 array) to a float32 CHW array normalised by
-mean/std. Randomness comes only from `random` and `np.random`, which the dataset seeds per sample.
+mean/std; `Pipeline.split_normalization` gives the part before normalisation (uint8 CHW out), so
+that a loader can normalise on the device. Randomness comes only from `random` and `np.random`,
+which the dataset seeds per sample.
 """
 import math
 import random
@@ -220,6 +222,7 @@ class ToNormalizedArray:
         std = np.asarray(std, np.float64).reshape(3, 1)
         if mean.size != 3 or std.size != 3 or np.any(std <= 0):
             raise ValueError(f'mean and std must have 3 values with std > 0, got {mean.ravel()}, {std.ravel()}')
+        self.mean, self.std = tuple(mean.ravel()), tuple(std.ravel())
         self.table = ((np.arange(256) / 255.0 - mean) / std).astype(np.float32)  # (3, 256)
 
     def __call__(self, img: Image.Image) -> np.ndarray:
@@ -234,11 +237,30 @@ class ToNormalizedArray:
         return f'{type(self).__name__}()'
 
 
+class ToUint8Array:
+    """RGB PIL image -> uint8 CHW array: a quarter of the float32 bytes to send to the device."""
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}()'
+
+
 class Pipeline:
     """Apply `steps` in order, starting with the RGB conversion."""
 
     def __init__(self, steps: List[Callable]):
         self.steps = steps
+
+    def split_normalization(self) -> Optional[Tuple['Pipeline', ToNormalizedArray, Optional[RandomErasing]]]:
+        """(the steps before normalisation, ending in uint8 CHW; the normalisation; the RandomErasing
+        after it or None), or None when the pipeline does not end with ToNormalizedArray[, RandomErasing]."""
+        tail = self.steps[-2:] if self.steps and isinstance(self.steps[-1], RandomErasing) else self.steps[-1:]
+        if not tail or not isinstance(tail[0], ToNormalizedArray):
+            return None
+        erasing = tail[1] if len(tail) == 2 else None
+        return Pipeline(self.steps[:-len(tail)] + [ToUint8Array()]), tail[0], erasing
 
     def __call__(self, img: ImageLike) -> np.ndarray:
         x = to_rgb(img)

@@ -12,6 +12,10 @@ Mixup/CutMix on it on the CPU, i.e. the work of one loader worker plus the train
 mixing (which GPU training does on the device: the per-image column leaves it out). The timm side
 runs in a subprocess under --timm_python (a python with torch and timm) on the same files with the
 same seeds; its passes alternate with ours, so both see the same load on a shared host.
+
+The loader rows time whole passes of build_loader: uint8 or float32 through shared memory
+(--transfer), persistent or, with --fresh_workers, new workers every pass, with the shared-memory
+bytes per batch; timm's create_loader (uint8, persistent workers) is timed next to them.
 """
 import os
 import sys
@@ -28,7 +32,7 @@ import random  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from typing import Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 from PIL import Image, ImageEnhance  # noqa: E402
@@ -46,6 +50,7 @@ INTERPOLATION = 'bicubic'
 MIXUP = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch',
              label_smoothing=0.1, num_classes=1000)
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+LOADER_PASSES = 3  # epochs per loader measurement: the later ones show worker start-up or reuse
 # the common ImageNet photo shapes (W, H), landscape twice as often as the others
 PHOTO_SIZES = ((500, 375), (500, 375), (375, 500), (500, 333))
 NUM_GENERATED_CLASSES = 4
@@ -75,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument('--repeats', type=int, default=2, help='timed passes per pipeline; the best one counts')
     run.add_argument('--workers', type=int, nargs='*', default=[0, 1, 2],
                      help='build_loader num_workers values to time (none: skip the loader)')
+    run.add_argument('--transfer', nargs='+', choices=('uint8', 'float32'), default=['uint8', 'float32'],
+                     help='build_loader transfers to time: uint8 (normalised on the device), float32 (by the workers)')
+    run.add_argument('--fresh_workers', action='store_true',
+                     help='also time loaders that start new workers every pass (no persistent workers)')
     run.add_argument('--seed', type=int, default=0, help='seed of the generated images and of every timed pass')
     out = parser.add_argument_group('reference and output')
     out.add_argument('--timm_python', default=None,
@@ -216,6 +225,37 @@ def _seed_python_numpy(seed: int) -> None:
     np.random.seed(seed)
 
 
+def loader_files(paths: Sequence[str], labels: Sequence[int], batches: int, batch_size: int
+                 ) -> Tuple[List[str], List[int]]:
+    """The files cycled to `batches` batches, so that loader passes are long enough to time."""
+    cycled = [i % len(paths) for i in range(batches * batch_size)]
+    return [paths[i] for i in cycled], [labels[i] for i in cycled]
+
+
+def time_loader_passes(loader: Iterable, set_epoch: Callable[[int], None], mix: Callable, batch_size: int,
+                       batches: int) -> Dict[str, float]:
+    """LOADER_PASSES passes over `loader` with `mix(images, targets)` on each batch.
+
+    img_s: the best pass, batches after its first (worker start-up excluded); first_batch_s: wait
+    for the first batch of the first pass (workers start), next_pass_s: of the later passes (new
+    workers, or persistent ones reset); main_cpu_ms: CPU time of this process (decode-free when
+    workers read) per batch, including any normalisation on the device when that is the CPU.
+    """
+    img_s, waits = [], []
+    cpu_start = time.process_time()
+    for epoch in range(LOADER_PASSES):
+        set_epoch(epoch)
+        start = time.perf_counter()
+        first = None
+        for images, targets in loader:
+            mix(images, targets)
+            first = first or time.perf_counter()
+        img_s.append((batches - 1) * batch_size / (time.perf_counter() - first))
+        waits.append(first - start)
+    return dict(img_s=max(img_s), first_batch_s=waits[0], next_pass_s=float(np.mean(waits[1:])),
+                main_cpu_ms=1000 * (time.process_time() - cpu_start) / (LOADER_PASSES * batches))
+
+
 # ---------------------------------------------------------------------------------------------
 # Ours
 
@@ -251,29 +291,31 @@ def measure_ours(job: dict, paths: Sequence[str], labels: Sequence[int], seed: i
     return time_pipeline(load_rgb, transform, _our_batch_fn(job['pipeline'], seed), paths, labels, batch_size, iters)
 
 
-def measure_our_loader(num_workers: int, size: int, paths: Sequence[str], labels: Sequence[int],
+def measure_our_loader(job: dict, paths: Sequence[str], labels: Sequence[int],
                        args: argparse.Namespace) -> Dict[str, float]:
-    """build_loader over the files (cycled to iters + 1 batches) with train transforms, Mixup in this process.
-
-    img_s counts the batches after the first, so that worker start-up (first_batch_s) is excluded.
-    """
+    """build_loader (train transforms, `job`'s workers, transfer and worker persistence) over the files
+    cycled to iters + 1 batches, Mixup in this process; see time_loader_passes."""
+    import paddle
     from datasets.imagenet import ImageDataset
     from datasets.loader import build_loader
     from datasets.mixup import Mixup
 
     root = os.path.dirname(os.path.commonpath(paths))
-    cycled = [i % len(paths) for i in range((args.iters + 1) * args.batch_size)]
-    dataset = ImageDataset(root, [os.path.relpath(paths[i], root) for i in cycled], [labels[i] for i in cycled],
-                           transform=our_transform('train', size))
+    files, file_labels = loader_files(paths, labels, args.iters + 1, args.batch_size)
+    dataset = ImageDataset(root, [os.path.relpath(p, root) for p in files], file_labels,
+                           transform=our_transform('train', job['input_size']))
     mixup = Mixup(seed=args.seed, **MIXUP)
-    loader = build_loader(dataset, args.batch_size, is_train=True, seed=args.seed, num_workers=num_workers)
-    start = time.perf_counter()
-    first = None
-    for images, targets in loader:  # paddle tensors already
-        mixup(images, targets)
-        first = first or time.perf_counter()
-    end = time.perf_counter()
-    return dict(img_s=args.iters * args.batch_size / (end - first), first_batch_s=first - start)
+    loader = build_loader(dataset, args.batch_size, is_train=True, seed=args.seed, num_workers=job['workers'],
+                          persistent_workers=job['persistent'], uint8_transfer=job['transfer'] == 'uint8')
+    try:
+        result = time_loader_passes(loader, loader.batch_sampler.set_epoch, mixup, args.batch_size, args.iters + 1)
+    finally:
+        # now, not at garbage collection: forked workers hold the timm side's stdin open, which
+        # then never sees the end of its requests
+        loader.shutdown_workers()
+    sample = loader.dataset[0][0]  # what a worker puts in shared memory, per image
+    return dict(result, shm_batch_mb=args.batch_size * sample.nbytes / 2**20,
+                transferred=str(sample.dtype), device=str(paddle.get_device()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,6 +352,9 @@ def timm_worker() -> None:
         job = json.loads(line)
         _seed_python_numpy(setup['seed'])
         torch.manual_seed(setup['seed'])
+        if job['pipeline'] == 'train_loader':
+            reply(_timm_loader(job, setup, load))
+            continue
         if job['pipeline'] == 'train':
             transform = create_transform(job['input_size'], is_training=True, auto_augment=RAND_AUGMENT,
                                          re_prob=RE_PROB, re_mode=RE_MODE, interpolation=INTERPOLATION)
@@ -325,6 +370,33 @@ def timm_worker() -> None:
                 return torch.stack(tensors)
         reply(time_pipeline(load, transform, per_batch, setup['paths'], setup['labels'], setup['batch_size'],
                             setup['iters']))
+
+
+def _timm_loader(job: dict, setup: dict, load: Callable) -> Dict[str, float]:
+    """timm's create_loader as timm trains (uint8 batches, normalise and erase in its PrefetchLoader,
+    here on the CPU, persistent workers) over the same cycled files, Mixup in this process."""
+    import torch
+    from timm.data import Mixup, create_loader
+
+    class Files(torch.utils.data.Dataset):
+        transform = None  # set by create_loader
+
+        def __init__(self, paths, labels):
+            self.paths, self.labels = paths, labels
+
+        def __len__(self):
+            return len(self.paths)
+
+        def __getitem__(self, i):
+            return self.transform(load(self.paths[i])), self.labels[i]
+
+    batches = setup['iters'] + 1
+    dataset = Files(*loader_files(setup['paths'], setup['labels'], batches, setup['batch_size']))
+    loader = create_loader(dataset, (3, job['input_size'], job['input_size']), setup['batch_size'], is_training=True,
+                           auto_augment=RAND_AUGMENT, re_prob=RE_PROB, re_mode=RE_MODE, interpolation=INTERPOLATION,
+                           num_workers=job['workers'], device=torch.device('cpu'), use_prefetcher=True,
+                           persistent_workers=job['workers'] > 0)
+    return time_loader_passes(loader, lambda epoch: None, Mixup(**MIXUP), setup['batch_size'], batches)
 
 
 class TimmSide:
@@ -395,6 +467,21 @@ def format_table(rows: List[dict]) -> str:
     return '\n'.join(lines)
 
 
+def format_loader_table(rows: List[dict]) -> str:
+    """img/s: batches after a pass's first; 1st / next pass s: wait for the first batch of the first /
+    later passes (worker start or reuse); main cpu: this process's CPU ms per batch; shm: bytes per
+    batch the workers put in shared memory."""
+    header = (f"{'loader':<31}{'size':>5}{'transfer':>9}{'persistent':>11}{'ours img/s':>11}{'timm img/s':>11}"
+              f"{'ours/timm':>10}{'1st pass s':>11}{'next pass s':>12}{'main cpu ms':>12}{'shm MB':>8}")
+    lines = [header, '-' * len(header)]
+    for r in rows:
+        lines.append(f"{r['name']:<31}{r['input_size']:>5}{r['transfer']:>9}{str(r['persistent']):>11}"
+                     f"{_fmt(r['ours_img_s']):>11}{_fmt(r.get('timm_img_s')):>11}{_fmt(r.get('ratio'), 2):>10}"
+                     f"{_fmt(r['ours_first_batch_s'], 2):>11}{_fmt(r['ours_next_pass_s'], 2):>12}"
+                     f"{_fmt(r['ours_main_cpu_ms'], 0):>12}{_fmt(r['ours_shm_batch_mb']):>8}")
+    return '\n'.join(lines)
+
+
 def _row(name: str, job: dict, ours: dict, timm_result: Optional[dict]) -> dict:
     row = dict(name=name, **job, **{f'ours_{k}': v for k, v in ours.items()})
     if timm_result is not None:
@@ -419,6 +506,44 @@ def compare_per_worker(jobs: List[dict], paths: List[str], labels: List[int], ar
     return rows
 
 
+def loader_jobs(args: argparse.Namespace) -> List[dict]:
+    """build_loader variants: every size x worker count x --transfer, with persistent workers and,
+    with --fresh_workers, also with new workers every pass (what Paddle does by default)."""
+    jobs = []
+    for size in args.input_size:
+        for workers in args.workers:
+            for transfer in args.transfer:
+                for persistent in (True, False) if args.fresh_workers and workers > 0 else (workers > 0,):
+                    jobs.append(dict(pipeline='train_loader', input_size=size, workers=workers, transfer=transfer,
+                                     persistent=persistent))
+    return jobs
+
+
+def compare_loaders(jobs: List[dict], paths: List[str], labels: List[int], args: argparse.Namespace,
+                    timm_side: Optional[TimmSide]) -> List[dict]:
+    """Table rows for the loader jobs; timm's loader (uint8, normalised in its PrefetchLoader, persistent
+    workers), timed once per size and worker count, sits next to our rows with persistent workers."""
+    rows, timm_results = [], {}
+    for job in jobs:
+        key = job['input_size'], job['workers']
+        compare = timm_side is not None and job['persistent'] == (job['workers'] > 0)
+        ours_runs, timm_runs = [], []
+        for _ in range(args.repeats):
+            ours_runs.append(measure_our_loader(job, paths, labels, args))
+            if compare and key not in timm_results:
+                timm_runs.append(timm_side.measure(job))
+        if timm_runs:
+            timm_results[key] = fastest(timm_runs)
+        ours = fastest(ours_runs)
+        row = dict(name=f"train, build_loader {job['workers']} workers", **job,
+                   **{f'ours_{k}': v for k, v in ours.items()})
+        if compare:
+            timm_result = timm_results[key]
+            row.update({f'timm_{k}': v for k, v in timm_result.items()}, ratio=ours['img_s'] / timm_result['img_s'])
+        rows.append(row)
+    return rows
+
+
 def benchmark(args: argparse.Namespace, paths: List[str], labels: List[int]) -> dict:
     """Time every pipeline (ours, timm when asked, loaders) and return the result dict."""
     jobs = []
@@ -432,14 +557,11 @@ def benchmark(args: argparse.Namespace, paths: List[str], labels: List[int]) -> 
         setup = dict(paths=paths, labels=labels, seed=args.seed, batch_size=args.batch_size, iters=args.iters)
         with TimmSide(args.timm_python, setup) as timm_side:
             rows = compare_per_worker(jobs, paths, labels, args, timm_side)
+            rows += compare_loaders(loader_jobs(args), paths, labels, args, timm_side)
             timm_versions = timm_side.versions
     else:
         rows = compare_per_worker(jobs, paths, labels, args, None)
-    for size in args.input_size:
-        for n in args.workers:
-            runs = [measure_our_loader(n, size, paths, labels, args) for _ in range(args.repeats)]
-            rows.append(_row(f'train, build_loader {n} workers', dict(pipeline='train_loader', input_size=size,
-                                                                     workers=n), fastest(runs), None))
+        rows += compare_loaders(loader_jobs(args), paths, labels, args, None)
     return dict(rows=rows, cpus=len(os.sched_getaffinity(0)), load_avg_before=load_before,
                 load_avg_after=os.getloadavg(), num_images=len(paths), batch_size=args.batch_size,
                 iters=args.iters, repeats=args.repeats, recipe=dict(aa=RAND_AUGMENT, reprob=RE_PROB, remode=RE_MODE,
@@ -467,7 +589,10 @@ def main(argv=None) -> int:
     load = ', '.join(f'{v:.2f}' for v in result['load_avg_before'])
     print(f"{len(paths)} JPEGs ({origin}, {result['mean_file_kb']:.0f} KB avg), batch {args.batch_size} x "
           f"{args.iters} iters, best of {args.repeats}; {result['cpus']} CPUs, load avg {load} before")
-    print(format_table(result['rows']))
+    loader_rows = [r for r in result['rows'] if r['pipeline'] == 'train_loader']
+    print(format_table([r for r in result['rows'] if r['pipeline'] != 'train_loader']))
+    if loader_rows:
+        print(format_loader_table(loader_rows))
     from utils.inference import report  # deferred: the timm side imports this file without paddle
     report(result, args.json)
     return 0

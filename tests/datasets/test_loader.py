@@ -1,11 +1,18 @@
-"""build_loader: batch layout, seeded determinism (0 and 2 workers), epochs, resume, bad images, eval coverage."""
+"""build_loader: batch layout, seeded determinism (0 and 2 workers), epochs, resume, bad images, eval coverage,
+persistent workers, uint8 transfer with normalisation and random erasing on the device."""
+import gc
+import os
+import time
+
 import numpy as np
 import paddle
 import pytest
 
 from datasets.imagenet import build_dataset
-from datasets.loader import build_loader
+from datasets.loader import NormalizeOnDevice, build_loader
+from datasets.random_erasing import RandomErasing
 from datasets.samplers import sample_seeds
+from datasets.transforms import ToNormalizedArray, build_transform
 
 
 @pytest.fixture
@@ -114,7 +121,7 @@ def test_error_policy_raises_one_line_from_the_loader(tiny_imagefolder, noisy_tr
 
 
 def test_loader_argument_errors(train_set):
-    with pytest.raises(ValueError, match='eval loader: repeated_aug and drop_last must be off'):
+    with pytest.raises(ValueError, match='eval loader: repeated_aug, drop_last and update_freq must be off'):
         build_loader(train_set, 4, is_train=False, drop_last=True)
     with pytest.raises(ValueError, match=r'12 images give no batch of 16 on each of 1 rank\(s\)'):
         build_loader(train_set, 16, is_train=True)
@@ -138,3 +145,155 @@ def test_with_project_transforms_and_mixup(tiny_imagefolder):
         assert x.shape == (4, 3, 32, 32) and x.dtype == np.float32
         _, soft = mixup(paddle.to_tensor(x), paddle.to_tensor(y))
         np.testing.assert_allclose(soft.numpy().sum(axis=1), 1.0, rtol=1e-6)
+
+
+class _Pids(paddle.io.Dataset):
+    """Each sample is the pid of the process that read it."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        return np.full((1,), os.getpid(), np.int64), 0
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _pids(loader):
+    return {int(p) for x, _ in loader for p in x.numpy().ravel()}
+
+
+def test_persistent_workers_live_across_epochs_resumes_and_evaluations():
+    train = build_loader(_Pids(12), 2, is_train=True, num_workers=2)
+    val = build_loader(_Pids(6), 2, is_train=False, num_workers=2)
+    train.batch_sampler.set_epoch(0)
+    train_pids, val_pids = _pids(train), _pids(val)
+    assert len(train_pids) == len(val_pids) == 2 and os.getpid() not in train_pids | val_pids
+    for epoch, start in [(1, 4), (2, 0)]:  # a mid-epoch resume start, then a whole epoch
+        train.batch_sampler.set_epoch(epoch)
+        train.batch_sampler.set_start_batch(start)
+        assert _pids(train) == train_pids
+        assert _pids(val) == val_pids
+
+
+def _wait_ended(pids):
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(_running(pid) for pid in pids)
+
+
+def test_dropping_a_loader_ends_its_persistent_workers():
+    loader = build_loader(_Pids(4), 2, is_train=False, num_workers=2)
+    workers = _pids(loader)
+    assert all(_running(pid) for pid in workers)
+    del loader
+    gc.collect()
+    assert _wait_ended(workers)
+
+
+def test_leaving_a_pass_early_ends_its_workers_at_once():
+    loader = build_loader(_Pids(12), 2, is_train=True, num_workers=2)
+    loader.batch_sampler.set_epoch(0)
+    workers = {int(x.numpy()[0, 0]) for _, (x, _) in zip(range(3), loader)}  # 3 of 6 batches, more prefetched
+    assert _wait_ended(workers)  # not kept idle (with their prefetched batches) until the next pass
+    assert len(_pids(loader)) == 2
+
+
+@pytest.mark.parametrize('uint8_transfer', [True, False])
+def test_persistent_workers_give_the_batches_of_inline_reading(tiny_imagefolder, uint8_transfer):
+    transform = build_transform(True, 32, aa='rand-m9-mstd0.5-inc1', reprob=0.5)
+    train_set = build_dataset(str(tiny_imagefolder), 'train', transform=transform)
+    val_set = build_dataset(str(tiny_imagefolder), 'val', transform=build_transform(False, 32))
+
+    def run(num_workers):
+        train = build_loader(train_set, 4, is_train=True, seed=5, num_workers=num_workers,
+                             uint8_transfer=uint8_transfer)
+        val = build_loader(val_set, 5, is_train=False, num_workers=num_workers, uint8_transfer=uint8_transfer)
+        passes = []
+        for epoch, start in [(0, 0), (1, 1), (2, 0)]:
+            train.batch_sampler.set_epoch(epoch)
+            train.batch_sampler.set_start_batch(start)
+            passes += [[(x.numpy(), y.numpy()) for x, y in train], [(x.numpy(), y.numpy()) for x, y in val]]
+        return passes
+
+    for inline, persistent in zip(run(0), run(2)):
+        _assert_same(inline, persistent)
+
+
+def test_a_pass_left_early_does_not_leak_into_the_next(train_set):
+    reference = _epoch(build_loader(train_set, 2, is_train=True, num_workers=0), 1)
+    loader = build_loader(train_set, 2, is_train=True, num_workers=2)
+    loader.batch_sampler.set_epoch(0)
+    for _ in zip(range(2), loader):  # leave after 2 of 6 batches, with more prefetched
+        pass
+    _assert_same(_epoch(loader, 1), reference)
+
+
+def test_update_freq_yields_only_whole_accumulation_groups(train_set):
+    loader = build_loader(train_set, 2, is_train=True, num_workers=0, update_freq=4)
+    assert loader.batch_sampler.num_batches == 4  # 6 batches of 2, one whole group of 4
+    assert len(_epoch(loader, 0)) == 4
+    with pytest.raises(ValueError, match=r'12 images give no batch of 4 in groups of update_freq=4 on each of 1 '
+                                         r'.*lower batch_size or update_freq'):
+        build_loader(train_set, 4, is_train=True, update_freq=4)
+
+
+def test_uint8_transfer_sends_uint8_and_yields_the_float_pipeline_output(tiny_imagefolder):
+    train_set = build_dataset(str(tiny_imagefolder), 'train', transform=build_transform(True, 32))
+    loader = build_loader(train_set, 4, is_train=True, seed=2, num_workers=0, uint8_transfer=True)
+    assert loader.dataset[0][0].dtype == np.uint8 and loader.dataset[0][0].shape == (3, 32, 32)
+    assert train_set[0][0].dtype == np.float32  # the caller's dataset keeps its float transform
+    assert build_loader(train_set, 4, is_train=True).device_stage is None  # on a CPU device: float32 by default
+    on_device = _epoch(loader, 0)
+    on_host = _epoch(build_loader(train_set, 4, is_train=True, seed=2, num_workers=0, uint8_transfer=False), 0)
+    for (xa, ya), (xb, yb) in zip(on_device, on_host):
+        assert xa.dtype == np.float32
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_allclose(xa, xb, rtol=0, atol=1e-6)
+
+
+def test_device_erasing_follows_the_sample_seed_only(tiny_imagefolder):
+    transform = build_transform(True, 32, reprob=0.5, remode='pixel', recount=2)
+    train_set = build_dataset(str(tiny_imagefolder), 'train', transform=transform)
+    unerased = build_dataset(str(tiny_imagefolder), 'train', transform=build_transform(True, 32))
+    make = lambda ds, workers: build_loader(ds, 4, is_train=True, seed=9, num_workers=workers,  # noqa: E731
+                                            uint8_transfer=True)
+    erased = _epoch(make(train_set, 2), 3)
+    _assert_same(erased, _epoch(make(train_set, 0), 3))
+    resumed = make(train_set, 0)
+    resumed.batch_sampler.set_epoch(3)
+    resumed.batch_sampler.set_start_batch(2)
+    _assert_same([(x.numpy(), y.numpy()) for x, y in resumed], erased[2:])
+    changed = [np.any(xa != xb, axis=(1, 2, 3)) for (xa, _), (xb, _) in zip(erased, _epoch(make(unerased, 0), 3))]
+    assert 0 < np.concatenate(changed).sum() < 12  # about half the images erased, the rest untouched
+
+
+@pytest.mark.parametrize('mode', ['const', 'rand', 'pixel'])
+def test_normalize_on_device_erases_boxes_with_the_mode_fill(mode):
+    stage = NormalizeOnDevice(ToNormalizedArray((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+                              RandomErasing(1.0, mode=mode, min_area=0.2, max_area=0.2))
+    images = paddle.full([2, 3, 16, 16], 255, dtype='uint8')
+    x = stage(images, sample_seeds=[11, 12]).numpy()
+    kept = x == np.float32(2.0)  # (1 - 0.5) / 0.25
+    erased = ~kept
+    assert 0.1 < erased.mean() < 0.3  # one box of ~20% of each image, on all channels
+    assert np.array_equal(erased[:, 0], erased[:, 1])
+    if mode == 'const':
+        assert np.all(x[erased] == 0)
+    elif mode == 'rand':  # one value per channel and image
+        assert all(len(np.unique(x[i, c][erased[i, c]])) == 1 for i in range(2) for c in range(3))
+    else:
+        assert x[erased].std() > 0.5
+    np.testing.assert_array_equal(stage(images, sample_seeds=[11, 12]).numpy(), x)
+    assert not np.array_equal(stage(images, sample_seeds=[12, 11]).numpy(), x)

@@ -118,3 +118,15 @@ def test_train_samplers_pair_indices_with_position_seeds():
     s.set_start_batch(1)
     assert list(s) == batches[1:]  # a resumed epoch keeps each position's seed
     assert all(isinstance(i, int) for batch in DistributedEvalSampler(10, 4) for i in batch)
+
+
+@pytest.mark.parametrize('sampler_cls', [DistributedTrainSampler, RepeatedAugSampler])
+def test_whole_groups_of_keeps_only_whole_accumulation_groups(sampler_cls):
+    plain = sampler_cls(22, 2, num_replicas=1, rank=0, seed=1)
+    grouped = sampler_cls(22, 2, num_replicas=1, rank=0, seed=1, whole_groups_of=3)
+    assert plain.num_batches == 11 and grouped.num_batches == 9
+    assert list(grouped) == list(plain)[:9]  # same order, the 2 trailing micro-batches left out
+    grouped.set_start_batch(6)
+    assert len(grouped) == 3 and list(grouped) == list(plain)[6:9]
+    with pytest.raises(ValueError, match='whole_groups_of: expected a positive integer, found 0'):
+        sampler_cls(22, 2, whole_groups_of=0)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from datasets.auto_augment import RandAugment
 from datasets.random_erasing import RandomErasing
-from datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, ColorJitter, ResizeCenterCrop, build_transform,
+from datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, ColorJitter, Pipeline, ResizeCenterCrop, build_transform,
                                  center_crop, random_resized_crop_box, resolve_data_cfg, shorter_side_size,
                                  to_rgb)
 
@@ -221,3 +221,16 @@ def test_resolve_data_cfg_rejects_bad_values(overrides, error):
 def test_build_transform_rejects_unsupported_aa():
     with pytest.raises(ValueError, match='RandAugment'):
         build_transform(True, 32, aa='original')
+
+
+def test_split_normalization_leaves_uint8_for_the_device():
+    train = build_transform(True, 32, reprob=0.25)
+    host, normalize, erasing = train.split_normalization()
+    assert isinstance(erasing, RandomErasing) and normalize.mean == IMAGENET_MEAN
+    img = Image.fromarray(np.random.RandomState(0).randint(0, 256, (40, 48, 3), np.uint8))
+    out = host(img)
+    assert out.dtype == np.uint8 and out.shape == (3, 32, 32)
+    assert len(host.steps) == len(train.steps) - 1  # normalise + erasing became one uint8 conversion
+    host, _, erasing = build_transform(False, 32).split_normalization()
+    assert erasing is None and host(img).dtype == np.uint8
+    assert Pipeline([ColorJitter(0.4)]).split_normalization() is None

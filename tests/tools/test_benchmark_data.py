@@ -24,22 +24,28 @@ def test_one_iteration_prints_table_and_json(tmp_path, capsys):
     data = _write_tiny_jpegs(tmp_path / 'data')
     out = tmp_path / 'result.json'
     code = main(['--data_dir', str(data), '--input_size', '64', '--batch_size', '2', '--iters', '1',
-                 '--repeats', '1', '--workers', '0', '1', '--json', str(out)])
+                 '--repeats', '1', '--workers', '0', '1', '--transfer', 'uint8', 'float32', '--fresh_workers',
+                 '--json', str(out)])
     assert code == 0
     stdout = capsys.readouterr().out.strip().splitlines()
     printed = json.loads(stdout[-1])
     assert printed == json.loads(out.read_text())
     assert any(line.startswith('train, per worker') for line in stdout)
     names = [row['name'] for row in printed['rows']]
-    assert names == ['train, per worker', 'eval, per worker', 'train, build_loader 0 workers',
-                     'train, build_loader 1 workers']
+    assert names == ['train, per worker', 'eval, per worker'] + ['train, build_loader 0 workers'] * 2 + [
+        'train, build_loader 1 workers'] * 4
+    loaders = {(r['workers'], r['transfer'], r['persistent']): r for r in printed['rows'][2:]}
+    assert sorted(loaders) == [(0, 'float32', False), (0, 'uint8', False), (1, 'float32', False),
+                               (1, 'float32', True), (1, 'uint8', False), (1, 'uint8', True)]
+    assert loaders[1, 'uint8', True]['ours_transferred'] == 'uint8'
+    assert loaders[1, 'float32', True]['ours_shm_batch_mb'] == 4 * loaders[1, 'uint8', True]['ours_shm_batch_mb']
     for row in printed['rows']:
         assert row['input_size'] == 64 and row['ours_img_s'] > 0
         assert 'timm_img_s' not in row  # no --timm_python: ours only
     train, evaluation = printed['rows'][:2]
     assert train['ours_batch_ms'] > 0 and train['ours_image_img_s'] >= train['ours_img_s']
     assert (evaluation['crop_pct'], evaluation['crop_mode']) == (0.875, 'center')  # cvt_tiny's protocol
-    assert printed['rows'][3]['ours_first_batch_s'] > 0
+    assert all(r['ours_first_batch_s'] > 0 and r['ours_next_pass_s'] > 0 for r in loaders.values())
     assert printed['num_images'] == 4 and printed['batch_size'] == 2
     assert printed['recipe']['aa'] == 'rand-m9-mstd0.5-inc1' and printed['recipe']['mixup']['cutmix_alpha'] == 1.0
 
