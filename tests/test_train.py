@@ -307,6 +307,72 @@ def test_world_size_change_maps_the_mid_epoch_position_by_images_seen():
     assert same['step_in_epoch'] == 10 and 'changed' not in line
 
 
+def _launch(flags, log_dir, nproc=2):
+    env = {k: v for k, v in os.environ.items() if k != 'CUDA_VISIBLE_DEVICES'}  # a set (even empty) value means GPU jobs
+    return subprocess.Popen([sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', str(nproc),
+                             '--log_dir', str(log_dir), 'train.py', *flags], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _descendants(pid):
+    """PIDs of every live process below `pid` (the launcher's ranks and their loader workers)."""
+    rows = [line.split() for line in subprocess.run(['ps', '-eo', 'pid=,ppid=,stat='], capture_output=True,
+                                                    text=True).stdout.splitlines() if line.strip()]
+    children = {}
+    for child, parent, stat in rows:
+        if 'Z' not in stat:
+            children.setdefault(int(parent), []).append(int(child))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pids):
+    alive = []
+    for pid in pids:
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                if f.read().rsplit(')', 1)[1].split()[0] != 'Z':
+                    alive.append(pid)
+        except FileNotFoundError:
+            pass
+    return alive
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_saves_mid_epoch_and_the_same_command_resumes_exactly(digits, tmp_path):
+    flags = [str(digits), '--output', str(tmp_path), *PLAIN, '--aa', 'rand-m9-mstd0.5-inc1', '--mixup', '0.8',
+             '--drop_path', '0.1', '--epochs', '2', '--batch_size', '8', '--lr', '1e-3', '--num_workers', '2']
+    straight = _launch([*flags, '--experiment', 'straight'], tmp_path / 'straight-logs')
+    assert straight.wait(timeout=300) == 0
+    step = int(np.random.default_rng().integers(3, 17))  # of 20 per epoch
+    run = _launch([*flags, '--experiment', 'stopped'], tmp_path / 'logs-1')
+    log = tmp_path / 'logs-1' / 'workerlog.0'
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and f'Epoch: [1]  [{step:2d}/20]' in log.read_text()):
+        time.sleep(0.05)
+    started = _descendants(run.pid)
+    assert len(started) >= 2 + 2 * 2  # 2 ranks with 2 loader workers each
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) != 0
+    text = log.read_text()
+    assert 'done:' not in text, 'the run finished before the signal'
+    stopped = next(line for line in text.splitlines() if 'stopped by SIGTERM at epoch 1 step' in line)
+    assert 'run the same command again to resume (exit status 75)' in stopped
+    assert not _alive(started)  # no rank and no loader worker outlives the launcher
+    state = load_training_state(str(tmp_path / 'stopped' / 'checkpoint-latest.pd'))
+    assert state['epoch'] == 1 and f"step {state['step_in_epoch']} " in stopped and state['step_in_epoch'] >= step
+    resumed = _launch([*flags, '--experiment', 'stopped'], tmp_path / 'logs-2')
+    assert resumed.wait(timeout=300) == 0, (tmp_path / 'logs-2' / 'workerlog.0').read_text()[-3000:]
+    a, b = _final_weights(tmp_path / 'straight'), _final_weights(tmp_path / 'stopped')
+    for name in a:
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+    assert [r['epoch'] for r in _log(tmp_path / 'stopped')] == [0, 1]
+
+
 def test_visualdl_logs_scalars_offline(digits, tmp_path):
     pytest.importorskip('visualdl', reason='visualdl is an optional extra (requirements-dev.txt)')
     from visualdl import LogReader
