@@ -16,8 +16,11 @@ and SIGKILLs a rank still alive 30 s later. So:
 - DataLoader workers must outlive the signal (`ignore_stop_signals` as `worker_init_fn`): the launcher
   signals each rank's whole process group, and Paddle's worker setup gives SIGTERM a C++ handler that
   kills the worker, whereupon the parent's SIGCHLD handler raises `SystemError: DataLoader process ...
-  is killed by signal: Terminated` in the middle of the step or the save. They serve the parent until
-  it ends them (`end_loader_workers`); Paddle's ParentWatchDog ends them within 5 s if it dies first.
+  is killed by signal: Terminated` in the middle of the step or the save; a second SIGTERM arriving
+  inside that C++ handler deadlocks the worker on its shared-memory mutex, which is how workers are
+  left behind with PPID 1. They serve the parent until it ends them (`end_loader_workers`), and leave
+  on their own `WORKER_GRACE_S` after a SIGTERM if it never does (an orphan's ParentWatchDog exit
+  blocks flushing its result queue).
 
 Paddle installs a C++ handler for SIGTERM at import (the `FatalError: Termination signal` dump);
 installing this handler after `import paddle` replaces it. Do not call `paddle.disable_signal_handler()`
