@@ -219,10 +219,7 @@ def build_optimization(args, model, train_loader):
     """(model, optimizer, scheduler, amp, scaler); under O2 the model comes back with low-precision weights."""
     optimizer = build_optimizer(model, args.opt, args.lr, args.weight_decay, tuple(args.opt_betas), args.opt_eps,
                                 args.momentum, args.clip_grad, args.clip_mode)
-    steps_per_epoch = train_loader.batch_sampler.num_batches // args.update_freq  # optimizer updates
-    if steps_per_epoch == 0:
-        raise ValueError(f'--update_freq {args.update_freq}: each process gets only '
-                         f'{train_loader.batch_sampler.num_batches} batches per epoch; lower it or --batch_size')
+    steps_per_epoch = train_loader.batch_sampler.num_batches // args.update_freq  # whole groups: build_loader
     scheduler = CosineScheduler(args.lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr,
                                 per_step=args.sched_on_updates, steps_per_epoch=steps_per_epoch)
     amp = AmpConfig(args.amp, args.amp_dtype, args.amp_level)
