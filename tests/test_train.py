@@ -61,9 +61,10 @@ def test_learns_digits_and_writes_the_run_files(digits, tmp_path):
     assert records[-1]['best_acc1'] == max(r['test_acc1'] for r in records)
     assert 'test_ema_acc1' in records[-1] and records[0]['train_loss'] > records[-1]['train_loss']
     files = sorted(p.name for p in run.iterdir())
-    assert files == ['args.yaml', 'checkpoint-6.pd', 'checkpoint-best-ema.pd', 'checkpoint-best.pd',
+    assert files == ['args.yaml', 'checkpoint-5.pd', 'checkpoint-best-ema.pd', 'checkpoint-best.pd',
                      'checkpoint-latest.pd', 'log.txt', 'train.log']
     assert 'Epoch: [5]' in (run / 'train.log').read_text()
+    assert load_training_state(str(run / 'checkpoint-5.pd'))['epoch'] == 6  # after log.txt's epoch 5: resume at 6
     state = load_training_state(str(run / 'checkpoint-latest.pd'))
     assert (state['epoch'], state['step_in_epoch'], state['global_step']) == (6, 0, 6 * 20)
     assert any(k.startswith('stage2.blocks.0.attn.proj_q.weight@') for k in state['optimizer'])

@@ -328,8 +328,8 @@ class TrainingCheckpoint:
             self.manager.copy_latest(BEST)
         if new_best_ema:
             self.manager.copy_latest(BEST_EMA)
-        if save_numbered:
-            self.manager.save_numbered(position['epoch'])
+        if save_numbered:  # named by the finished epoch, as log.txt numbers it (the position is the next one)
+            self.manager.save_numbered(record['epoch'])
 
 
 def differing_settings(saved: Dict[str, Any], current: Dict[str, Any], keys) -> Dict[str, tuple]:
