@@ -207,3 +207,8 @@ def test_onnx_export_with_an_incompatible_paddle2onnx_says_so(monkeypatch):
     monkeypatch.setattr(sys, 'meta_path', [RefusingFinder()] + sys.meta_path)
     with pytest.raises(ValueError, match=r'--onnx: paddle2onnx cannot run with this Paddle .*use paddle2onnx<2'):
         check_onnx_export_available()
+
+
+def test_exported_graph_has_batchnorm_folded_into_the_convs(export_dir):
+    model_file, _ = find_model_files(str(export_dir))
+    assert b'batch_norm' not in Path(model_file).read_bytes()
