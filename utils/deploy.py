@@ -363,6 +363,23 @@ def build_predictor(model_dir: str, cfg: dict, backend: str = 'paddle', model_fi
     return _fixed_batch(run, fixed) if fixed > 0 else run
 
 
+class PredictorAsModel:
+    """An exported predictor seen as utils.evaluation.evaluate() sees a model: eval(), and a call from a
+    paddle image batch to logits (log-probabilities for a softmax graph: same top-k, same cross-entropy)."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], cfg: dict):
+        self.run, self.cfg = run, cfg
+
+    def eval(self):
+        return self
+
+    def __call__(self, images: paddle.Tensor) -> paddle.Tensor:
+        output = self.run(images.numpy()).astype(np.float32, copy=False)
+        if self.cfg['with_softmax']:
+            output = np.log(np.maximum(output, np.finfo(np.float32).tiny))
+        return paddle.to_tensor(output)
+
+
 def graph_to_probs(output: np.ndarray, cfg: Dict) -> np.ndarray:
     """Probabilities from the exported graph's output, applying softmax when the graph has none."""
     from utils.inference import softmax
