@@ -14,7 +14,7 @@ import paddle
 import paddle.nn.functional as F
 import yaml
 
-from utils.graph_rewrites import fold_batchnorm
+from utils.graph_rewrites import rewrite_for_export
 
 MODEL_PREFIX = 'inference'
 MODEL_FILES = (f'{MODEL_PREFIX}.json', f'{MODEL_PREFIX}.pdmodel')  # Paddle 3 (PIR), Paddle 2.x
@@ -115,7 +115,7 @@ class InferenceModel(paddle.nn.Layer):
 
 def _save_static(model, folder: str, input_size: Sequence[int], batch_size: int, with_softmax: bool) -> None:
     """Trace and save the deployed graph: the whole of it happens here (one place to wrap in a context)."""
-    layer = InferenceModel(fold_batchnorm(model), with_softmax)
+    layer = InferenceModel(rewrite_for_export(model), with_softmax)
     layer.eval()
     shape = [None if batch_size == -1 else batch_size] + [int(s) for s in input_size]
     spec = [paddle.static.InputSpec(shape=shape, dtype='float32', name=INPUT_NAME)]

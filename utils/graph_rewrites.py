@@ -5,23 +5,50 @@ import copy
 import paddle
 from paddle import nn
 
+from models.cvt import QuickGELU
 
-def fold_batchnorm(model: nn.Layer) -> nn.Layer:
-    """A deep copy of eval-mode `model` in which every layer computing `bn(conv(x))` (children named
-    `conv` and `bn`, as CvT's ConvProjection) has the BatchNorm folded into the conv's weight and bias,
-    and `bn` replaced by Identity.
+QUICK_GELU_ALPHA = 1.702  # QuickGELU(x) = x * sigmoid(1.702 x), as models/cvt.py computes it
+
+
+def rewrite_for_export(model: nn.Layer) -> nn.Layer:
+    """A deep copy of eval-mode `model` with every exact rewrite applied (the model itself is untouched)."""
+    rewritten = copy.deepcopy(model)
+    rewritten.eval()
+    fold_batchnorm(rewritten)
+    quick_gelu_to_silu(rewritten)
+    return rewritten
+
+
+def fold_batchnorm(model: nn.Layer) -> None:
+    """In place, on an eval-mode copy: every layer computing `bn(conv(x))` (children named `conv` and `bn`,
+    as CvT's ConvProjection) gets the BatchNorm folded into the conv's weight and bias, `bn` -> Identity.
 
     conv(x) * g / sqrt(var + eps) + (beta - mean * g / sqrt(var + eps)) is one conv: scale each output
     channel's kernel and give the conv that bias.
     """
-    folded = copy.deepcopy(model)
-    folded.eval()
-    for layer in folded.sublayers(include_self=True):
+    for layer in model.sublayers(include_self=True):
         conv, bn = getattr(layer, 'conv', None), getattr(layer, 'bn', None)
         if isinstance(conv, nn.Conv2D) and isinstance(bn, nn.BatchNorm2D):
             layer.conv = _conv_with_bn(conv, bn)
             layer.bn = nn.Identity()
-    return folded
+
+
+@paddle.no_grad()
+def quick_gelu_to_silu(model: nn.Layer) -> None:
+    """In place, on an eval-mode copy: every `fc2(QuickGELU(fc1(x)))` MLP (children fc1, act, fc2) becomes
+    `fc2'(silu(fc1'(x)))` with fc1' = 1.702 fc1 and fc2' = fc2 / 1.702.
+
+    With z = 1.702 h: h * sigmoid(1.702 h) = silu(z) / 1.702. SiLU is one op that the runtimes fuse
+    into the preceding matmul (oneDNN post-op), where QuickGELU is three (scale, sigmoid, multiply).
+    """
+    for layer in model.sublayers(include_self=True):
+        fc1, act, fc2 = (getattr(layer, name, None) for name in ('fc1', 'act', 'fc2'))
+        if isinstance(act, QuickGELU) and isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear):
+            fc1.weight.set_value(fc1.weight * QUICK_GELU_ALPHA)
+            if fc1.bias is not None:
+                fc1.bias.set_value(fc1.bias * QUICK_GELU_ALPHA)
+            fc2.weight.set_value(fc2.weight / QUICK_GELU_ALPHA)  # Linear weight is [in, out]: scales the input
+            layer.act = nn.Silu()
 
 
 @paddle.no_grad()

@@ -1,9 +1,11 @@
-"""Export-only rewrites: BatchNorm folded into the depthwise convs, same outputs, training model untouched."""
+"""Export-only rewrites: BatchNorm folded into the depthwise convs, QuickGELU as SiLU with the 1.702 in the
+Linears; same outputs, training model untouched."""
 import numpy as np
 import paddle
 
 from models import create_model
-from utils.graph_rewrites import fold_batchnorm
+from models.cvt import QuickGELU
+from utils.graph_rewrites import rewrite_for_export
 
 
 def _model_with_trained_bn_statistics():
@@ -25,13 +27,17 @@ def _count(model, kind) -> int:
     return sum(isinstance(layer, kind) for layer in model.sublayers())
 
 
-def test_folded_copy_has_no_batchnorm_and_the_same_outputs():
+def test_rewritten_copy_has_no_batchnorm_nor_quick_gelu_and_the_same_outputs():
     model = _model_with_trained_bn_statistics()
     x = paddle.to_tensor(np.random.RandomState(0).standard_normal((2, 3, 64, 64)).astype(np.float32))
     with paddle.no_grad():
         expected = model(x).numpy()
-        folded = fold_batchnorm(model)
-        np.testing.assert_allclose(folded(x).numpy(), expected, rtol=1e-5, atol=1e-5)
-    assert _count(folded, paddle.nn.BatchNorm2D) == 0
-    assert _count(model, paddle.nn.BatchNorm2D) == 9  # the original keeps its BatchNorms and bias-free convs
+        rewritten = rewrite_for_export(model)
+        np.testing.assert_allclose(rewritten(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert _count(rewritten, paddle.nn.BatchNorm2D) == 0 and _count(rewritten, QuickGELU) == 0
+    assert _count(rewritten, paddle.nn.Silu) == 3
+    # the original keeps its BatchNorms, bias-free convs, QuickGELUs and Linear weights
+    assert _count(model, paddle.nn.BatchNorm2D) == 9 and _count(model, QuickGELU) == 3
     assert model.stage0.blocks[0].attn.conv_proj_q.conv.bias is None
+    np.testing.assert_array_equal(model.stage0.blocks[0].mlp.fc1.weight.numpy() * 1.702,
+                                  rewritten.stage0.blocks[0].mlp.fc1.weight.numpy())
