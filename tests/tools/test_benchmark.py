@@ -60,12 +60,11 @@ def test_deployed_rows_and_refusals_on_cvt_tiny(tmp_path, capsys):
     Image.fromarray(np.random.RandomState(0).randint(0, 256, (8, 8, 3), dtype=np.uint8)).resize((80, 70)).save(image)
     out = tmp_path / 'bench.json'
     assert main(['--model', 'cvt_tiny', '--batch_sizes', '2', '--threads', '1', '--warmup', '0', '--iters', '1',
-                 '--image', str(image), '--backends', 'dygraph', 'openvino', 'openvino_bf16', 'openvino_int8',
+                 '--image', str(image), '--backends', 'dygraph', 'openvino_bf16', 'openvino_int8',
                  '--output_json', str(out)]) == 0
     record = json.loads(out.read_text())
     timed = set(record['median_seconds'])
-    assert {'dygraph', 'openvino', 'openvino_int8'} <= timed  # bf16: timed or skipped, as this CPU allows
-    assert timed | set(record['skipped']) == {'dygraph', 'openvino', 'openvino_bf16', 'openvino_int8'}
+    assert {'dygraph', 'openvino_int8'} <= timed  # bf16: timed or skipped, as this CPU allows
+    assert timed | set(record['skipped']) == {'dygraph', 'openvino_bf16', 'openvino_int8'}
     accuracy = record['accuracy_vs_dygraph']
-    assert accuracy['openvino']['max_abs_prob_diff'] < 1e-5 and accuracy['openvino']['top1_unchanged']
     assert 0 < accuracy['openvino_int8']['max_abs_prob_diff'] < 0.1
