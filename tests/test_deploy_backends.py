@@ -57,11 +57,13 @@ def _infer(out, images, capsys, *flags):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_int8_export_writes_a_quantised_onnx_and_records_calibration(exported):
+def test_int8_export_writes_quantised_models_and_records_calibration(exported):
     import onnx
     _, out = exported
     ops = {node.op_type for node in onnx.load(str(out / 'model_int8.onnx')).graph.node}
-    assert {'QuantizeLinear', 'DequantizeLinear'} <= ops
+    assert {'DynamicQuantizeLinear', 'MatMulInteger'} <= ops
+    ir_ops = {op.get_type_name() for op in openvino.Core().read_model(str(out / 'openvino_int8.xml')).get_ops()}
+    assert 'FakeQuantize' in ir_ops
     assert read_inference_cfg(str(out))['int8_calibration_images'] == 4
 
 

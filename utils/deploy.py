@@ -20,7 +20,7 @@ MODEL_PREFIX = 'inference'
 MODEL_FILES = (f'{MODEL_PREFIX}.json', f'{MODEL_PREFIX}.pdmodel')  # Paddle 3 (PIR), Paddle 2.x
 CFG_FILE = f'{MODEL_PREFIX}.yml'
 ONNX_FILE = 'model.onnx'
-# export_model.py --int8: post-training quantised copies of model.onnx, for ONNX Runtime (QDQ) and OpenVINO (IR)
+# export_model.py --int8: quantised copies of model.onnx, for ONNX Runtime (dynamic int8 MatMuls) and OpenVINO (IR)
 INT8_ONNX_FILE = 'model_int8.onnx'
 INT8_OPENVINO_FILE = 'openvino_int8.xml'  # weights in openvino_int8.bin
 INPUT_NAME = 'x'
