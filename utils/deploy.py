@@ -54,7 +54,7 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
                            onnx: bool = False, calib_batches: Optional[Sequence[np.ndarray]] = None) -> List[str]:
     """Export `model` for deployment into `output_dir`; returns the written file names.
 
-    With `calib_batches` (needs `onnx`), model_int8.onnx is written too, quantised on those batches.
+    With `calib_batches` (needs `onnx`), the int8 copies of utils/quantize.py are written too.
 
     The folder is built under a temporary name next to `output_dir` and renamed into place, so a
     failed export never leaves a half-written folder, and a previous export is replaced whole.
@@ -277,9 +277,7 @@ def _onnx_file(model_dir: str, precision: str, backend: str) -> str:
     if precision == 'int8':
         path = os.path.join(model_dir, INT8_OPENVINO_FILE if backend == 'openvino' else INT8_ONNX_FILE)
         if not os.path.isfile(path):
-            extra = ' with openvino installed' if backend == 'openvino' else ''
-            raise FileNotFoundError(f'{path}: not found (export with export_model.py --onnx --int8 --calib_images DIR'
-                                    f'{extra})')
+            raise FileNotFoundError(f'{path}: not found (export with export_model.py --onnx --int8 --calib_images DIR)')
     else:
         path = os.path.join(model_dir, ONNX_FILE)
         if not os.path.isfile(path):
