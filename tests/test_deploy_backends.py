@@ -1,6 +1,6 @@
-"""OpenVINO and int8 deployment: OpenVINO fp32 parity with dygraph, int8 artefacts (NNCF) on ONNX Runtime
-and OpenVINO close to fp32, bf16 only where the CPU runs it, and one-line refusals (TensorRT on PIR,
-Paddle bf16, missing packages, int8 flags)."""
+"""OpenVINO and int8 deployment: OpenVINO fp32 parity with dygraph, int8 artefacts on ONNX Runtime and
+OpenVINO close to fp32, bf16 only where the CPU runs it, and one-line refusals (missing packages and
+models, int8 flags)."""
 import json
 import runpy
 import sys
@@ -128,7 +128,6 @@ def test_bf16_refused_where_openvino_has_no_bf16(exported, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize('flags, expected', [
-    (['--precision', 'bf16'], '--precision bf16 is not offered on Paddle Inference'),
     (['--backend', 'onnxruntime', '--precision', 'bf16'], '--backend onnxruntime runs --precision fp32 or int8'),
     (['--backend', 'openvino', '--use_gpu'], '--backend openvino runs on the CPU here'),
 ])
@@ -168,14 +167,3 @@ def test_int8_export_flag_errors(flags, expected, exported, tmp_path, capsys):
                                                    str(tmp_path / 'x'), *flags])
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err
-
-
-def test_tensorrt_on_a_pir_export_is_refused_with_what_works(exported, monkeypatch):
-    _, out = exported
-    if not (out / 'inference.json').is_file():
-        pytest.skip('Paddle 2.x writes inference.pdmodel, which TensorRT runs')
-    monkeypatch.setattr(paddle, 'is_compiled_with_cuda', lambda: True)  # the check a GPU build reaches
-    monkeypatch.setattr(paddle.inference, 'get_trt_compile_version', lambda: (8, 6, 1))
-    with pytest.raises(ValueError, match=r'--use_tensorrt: .*inference.json is a Paddle 3 \(PIR\) program.*'
-                                         r'drop --use_tensorrt, or export with Paddle 2.6'):
-        build_predictor(str(out), read_inference_cfg(str(out)), use_gpu=True, use_tensorrt=True)
