@@ -1,7 +1,9 @@
 """Post-training int8 quantisation of the exported ONNX model: an OpenVINO IR quantised by NNCF and
 calibrated on the user's images with the export's own eval preprocessing, and an ONNX Runtime copy with
 dynamically quantised MatMuls (its fastest int8 form for this graph, measured; see README Speed)."""
+import logging
 import os
+from contextlib import contextmanager
 from typing import List, Optional
 
 import numpy as np
@@ -51,10 +53,22 @@ def quantize_onnx(onnx_file: str, output_dir: str, batches: List[np.ndarray]) ->
     import openvino
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from utils.deploy import INT8_ONNX_FILE, INT8_OPENVINO_FILE
-    quantize_dynamic(onnx_file, os.path.join(output_dir, INT8_ONNX_FILE), op_types_to_quantize=['MatMul'],
-                     weight_type=QuantType.QInt8)
+    with _root_log_level(logging.ERROR):  # its root-logger chatter: a line per tensor, generic advice
+        quantize_dynamic(onnx_file, os.path.join(output_dir, INT8_ONNX_FILE), op_types_to_quantize=['MatMul'],
+                         weight_type=QuantType.QInt8)
     quantized = nncf.quantize(openvino.Core().read_model(onnx_file), nncf.Dataset(batches),
                               model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
     # fp32 weights kept for the ops left unquantised (save_model would store them as fp16)
     openvino.save_model(quantized, os.path.join(output_dir, INT8_OPENVINO_FILE), compress_to_fp16=False)
     return [INT8_ONNX_FILE, INT8_OPENVINO_FILE]
+
+
+@contextmanager
+def _root_log_level(level: int):
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(max(level, previous))
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
