@@ -210,9 +210,10 @@ def test_onnx_export_with_an_incompatible_paddle2onnx_says_so(monkeypatch):
         check_onnx_export_available()
 
 
-def test_exported_graph_has_batchnorm_folded_into_the_convs(export_dir):
-    model_file, _ = find_model_files(str(export_dir))
-    assert b'batch_norm' not in Path(model_file).read_bytes()
+def test_exported_graph_has_the_exact_rewrites(export_dir):
+    graph = Path(find_model_files(str(export_dir))[0]).read_bytes()
+    assert b'batch_norm' not in graph  # folded into the depthwise convs
+    assert b'sigmoid' not in graph and b'swish' in graph  # QuickGELU as one swish
 
 
 def test_tensorrt_on_a_pir_export_is_refused_with_what_works(export_dir, monkeypatch):

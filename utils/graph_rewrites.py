@@ -15,7 +15,7 @@ def rewrite_for_export(model: nn.Layer) -> nn.Layer:
     rewritten = copy.deepcopy(model)
     rewritten.eval()
     fold_batchnorm(rewritten)
-    quick_gelu_to_silu(rewritten)
+    quick_gelu_to_swish(rewritten)
     return rewritten
 
 
@@ -34,12 +34,13 @@ def fold_batchnorm(model: nn.Layer) -> None:
 
 
 @paddle.no_grad()
-def quick_gelu_to_silu(model: nn.Layer) -> None:
+def quick_gelu_to_swish(model: nn.Layer) -> None:
     """In place, on an eval-mode copy: every `fc2(QuickGELU(fc1(x)))` MLP (children fc1, act, fc2) becomes
-    `fc2'(silu(fc1'(x)))` with fc1' = 1.702 fc1 and fc2' = fc2 / 1.702.
+    `fc2'(swish(fc1'(x)))` with fc1' = 1.702 fc1 and fc2' = fc2 / 1.702.
 
-    With z = 1.702 h: h * sigmoid(1.702 h) = silu(z) / 1.702. SiLU is one op that the runtimes fuse
-    into the preceding matmul (oneDNN post-op), where QuickGELU is three (scale, sigmoid, multiply).
+    With z = 1.702 h: h * sigmoid(1.702 h) = swish(z) / 1.702. Paddle Inference's oneDNN passes fuse
+    swish into fc1 as a post-op (13 fusions on CvT-13), where QuickGELU runs as three ops (scale, sigmoid,
+    multiply); Paddle's silu op, the same function, is neither fused nor run by oneDNN.
     """
     for layer in model.sublayers(include_self=True):
         fc1, act, fc2 = (getattr(layer, name, None) for name in ('fc1', 'act', 'fc2'))
@@ -48,7 +49,7 @@ def quick_gelu_to_silu(model: nn.Layer) -> None:
             if fc1.bias is not None:
                 fc1.bias.set_value(fc1.bias * QUICK_GELU_ALPHA)
             fc2.weight.set_value(fc2.weight / QUICK_GELU_ALPHA)  # Linear weight is [in, out]: scales the input
-            layer.act = nn.Silu()
+            layer.act = nn.Swish()
 
 
 @paddle.no_grad()

@@ -1,4 +1,4 @@
-"""Export-only rewrites: BatchNorm folded into the depthwise convs, QuickGELU as SiLU with the 1.702 in the
+"""Export-only rewrites: BatchNorm folded into the depthwise convs, QuickGELU as swish with the 1.702 in the
 Linears; same outputs, training model untouched."""
 import numpy as np
 import paddle
@@ -35,7 +35,7 @@ def test_rewritten_copy_has_no_batchnorm_nor_quick_gelu_and_the_same_outputs():
         rewritten = rewrite_for_export(model)
         np.testing.assert_allclose(rewritten(x).numpy(), expected, rtol=1e-5, atol=1e-5)
     assert _count(rewritten, paddle.nn.BatchNorm2D) == 0 and _count(rewritten, QuickGELU) == 0
-    assert _count(rewritten, paddle.nn.Silu) == 3
+    assert _count(rewritten, paddle.nn.Swish) == 3
     # the original keeps its BatchNorms, bias-free convs, QuickGELUs and Linear weights
     assert _count(model, paddle.nn.BatchNorm2D) == 9 and _count(model, QuickGELU) == 3
     assert model.stage0.blocks[0].attn.conv_proj_q.conv.bias is None
