@@ -33,11 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'id name' lines stored in inference.yml (default: the repo's ImageNet list "
                           "when num_classes is 1000)")
     out.add_argument('--onnx', action='store_true', help='also write model.onnx with paddle2onnx')
-    int8 = parser.add_argument_group('int8 (post-training quantisation of model.onnx with NNCF)')
+    int8 = parser.add_argument_group('int8 (post-training quantisation of model.onnx)')
     int8.add_argument('--int8', action='store_true',
-                      help='also write model_int8.onnx, for infer.py/eval.py --precision int8 (needs --onnx)')
+                      help='also write openvino_int8.xml (NNCF, calibrated) and model_int8.onnx (ONNX Runtime), '
+                           'for infer.py/eval.py --precision int8 (needs --onnx)')
     int8.add_argument('--calib_images', metavar='DIR',
-                      help='images that set the int8 ranges, preprocessed as inference.yml says')
+                      help="images that set OpenVINO's int8 ranges, preprocessed as inference.yml says")
     int8.add_argument('--calib_count', type=int, default=128, help='calibration images used (spread over DIR)')
     parser.add_argument('--debug', action='store_true', help='full traceback on errors')
     return parser
