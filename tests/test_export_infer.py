@@ -190,7 +190,7 @@ def test_infer_model_dir_without_model(export_dir, assets, tmp_path, capsys):
     (['--use_gpu'], '--use_gpu: the installed Paddle is a CPU build'),
     (['--use_tensorrt'], '--use_tensorrt needs --use_gpu'),
     (['--precision', 'fp16'], '--precision fp16 needs --use_gpu'),
-    (['--precision', 'int8'], '--precision int8 needs --use_tensorrt on Paddle Inference; on CPU use --backend openvino'),
+    (['--precision', 'int8'], 'on CPU use --backend openvino or onnxruntime --precision int8'),
     (['--precision', 'bf16'], '--precision bf16 is not offered on Paddle Inference'),
 ])
 def test_infer_refuses_what_a_cpu_build_cannot_serve(flags, expected, export_dir, assets, capsys):

@@ -231,8 +231,9 @@ def check_device_options(backend: str, use_gpu: bool, use_tensorrt: bool, precis
         raise ValueError(f'--precision bf16 is not offered on Paddle Inference: {reason}; use --backend openvino '
                          f'--precision bf16 where OpenVINO supports it, or fp32')
     if precision == 'int8' and not use_tensorrt:
-        raise ValueError('--precision int8 needs --use_tensorrt on Paddle Inference; on CPU use '
-                         '--backend openvino or onnxruntime --precision int8 (export_model.py --int8)')
+        raise ValueError('--precision int8 needs --use_tensorrt on Paddle Inference (its CPU int8 runs only '
+                         'PaddleSlim-quantised programs, which this export is not); on CPU use --backend openvino '
+                         'or onnxruntime --precision int8 (export_model.py --int8)')
 
 
 def _paddle_predictor(model_file: str, params_file: str, input_size: Sequence[int], max_batch_size: int,
