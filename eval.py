@@ -1,7 +1,12 @@
-"""Evaluate a CvT checkpoint on an ImageNet-style split: top-1/top-5 and loss over every image.
+"""Evaluate a CvT checkpoint, or an exported model, on an ImageNet-style split: top-1/top-5 and loss over
+every image.
 
     python eval.py DATA_DIR --model cvt_13_224x224 --pretrained cvt_13_224x224
     python -m paddle.distributed.launch --nproc_per_node 8 eval.py DATA_DIR --model ... --resume CKPT
+    python eval.py DATA_DIR --model_dir inference/cvt_13 --backend openvino --precision int8
+
+With --model_dir the export is scored as deployed: its graph on the chosen backend and precision, with
+the preprocessing stored in its inference.yml, counted exactly as the checkpoint eval counts.
 """
 from utils.env import configure_cpu_runtime
 
@@ -15,6 +20,7 @@ from datasets.loader import build_loader  # noqa: E402
 from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
 from utils.amp import AmpConfig  # noqa: E402
 from utils.cli import run_main  # noqa: E402
+from utils.deploy import BACKENDS, PredictorAsModel, build_predictor, read_inference_cfg  # noqa: E402
 from utils.distributed import init_distributed, is_main_process  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
 from utils.inference import add_weight_args, check_amp, load_model, script_parser, report  # noqa: E402
@@ -34,7 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     protocol.add_argument('--crop_mode', choices=('center', 'squash'),
                           help="'center': keep aspect ratio; 'squash': resize both sides")
     protocol.add_argument('--interpolation', choices=('nearest', 'bilinear', 'bicubic'), help='resize filter')
-    add_weight_args(parser)
+    add_weight_args(parser, required=False)
+    deployed = parser.add_argument_group('exported model (instead of --model and weights)')
+    deployed.add_argument('--model_dir', metavar='EXPORT', help='export_model.py output folder to score')
+    deployed.add_argument('--backend', default='paddle', choices=BACKENDS,
+                          help='onnxruntime and openvino run EXPORT/model.onnx (export_model.py --onnx)')
+    deployed.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'int8'),
+                          help='int8: the export_model.py --int8 model; bf16: openvino on a CPU with bf16 math')
+    deployed.add_argument('--cpu_threads', type=int, default=configure_cpu_runtime(), help='CPU math threads')
     run = parser.add_argument_group('run')
     run.add_argument('--amp', action='store_true', help='autocast (CUDA only), in --amp_dtype')
     run.add_argument('--amp_dtype', default='float16', choices=('float16', 'bfloat16'), help='autocast dtype')
@@ -43,23 +56,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _deployed_model(args):
+    """(predictor as a model, its data_cfg, inference.yml) for --model_dir; weight flags do not apply."""
+    given = [flag for flag, value in (('--model', args.model), ('--resume', args.resume),
+                                      ('--pretrained', args.pretrained), ('--use_ema', args.use_ema),
+                                      ('--num_classes', args.num_classes), ('--input_size', args.input_size),
+                                      ('--amp', args.amp)) if value]
+    if given:
+        raise ValueError(f'{given[0]} does not apply with --model_dir (the export fixes the model, weights '
+                         f'and input size); drop it')
+    cfg = read_inference_cfg(args.model_dir)
+    data_cfg = resolve_data_cfg(cfg['preprocess'], crop_pct=args.crop_pct, crop_mode=args.crop_mode,
+                                interpolation=args.interpolation)
+    run = build_predictor(args.model_dir, cfg, args.backend, max_batch_size=args.batch_size,
+                          cpu_threads=args.cpu_threads, precision=args.precision)
+    return PredictorAsModel(run, cfg), data_cfg, cfg
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if not (args.model or args.model_dir):
+        raise ValueError('--model is required (or --model_dir EXPORT to score an exported model)')
+    if not args.model_dir and (args.backend != 'paddle' or args.precision != 'fp32'):
+        raise ValueError('--backend/--precision choose how an export runs: add --model_dir EXPORT')
     check_amp(args.amp)
     rank, world_size = init_distributed()
-    model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
-    data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size, crop_pct=args.crop_pct,
-                                crop_mode=args.crop_mode, interpolation=args.interpolation)
+    if args.model_dir:
+        model, data_cfg, export_cfg = _deployed_model(args)
+        num_classes = export_cfg['num_classes']
+        source = dict(model=export_cfg['model'], model_dir=args.model_dir, backend=args.backend,
+                      precision=args.precision)
+    else:
+        model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
+        num_classes = model.num_classes
+        data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size, crop_pct=args.crop_pct,
+                                    crop_mode=args.crop_mode, interpolation=args.interpolation)
+        source = dict(model=args.model, weights=args.resume or args.pretrained, use_ema=args.use_ema)
     dataset = build_dataset(args.data_dir, 'val', build_transform(is_train=False, **data_cfg),
-                            list_file=args.cls_label_path_val, num_classes=model.num_classes,
+                            list_file=args.cls_label_path_val, num_classes=num_classes,
                             bad_image_policy='error')  # a skipped image would change the score
     loader = build_loader(dataset, args.batch_size, is_train=False, num_replicas=world_size, rank=rank,
                           num_workers=args.num_workers)
     stats = evaluate(model, loader, amp=AmpConfig(args.amp, args.amp_dtype))
     if not is_main_process():
         return 0
-    result = dict(model=args.model, weights=args.resume or args.pretrained, use_ema=args.use_ema,
-                  acc1=round(stats['acc1'], 3), acc5=round(stats['acc5'], 3), loss=round(stats['loss'], 5),
+    result = dict(**source, acc1=round(stats['acc1'], 3), acc5=round(stats['acc5'], 3), loss=round(stats['loss'], 5),
                   num_images=stats['num_images'], img_size=data_cfg['input_size'][-1],
                   crop_pct=data_cfg['crop_pct'], crop_mode=data_cfg['crop_mode'],
                   interpolation=data_cfg['interpolation'])

@@ -1,6 +1,8 @@
 """Export a CvT model for Paddle Inference (and optionally ONNX), with its preprocessing and labels.
 
     python export_model.py --model cvt_13_224x224 --pretrained cvt_13_224x224 --output inference/cvt_13 --onnx
+    python export_model.py --model cvt_13_224x224 --pretrained cvt_13_224x224 --output inference/cvt_13 --onnx \
+        --int8 --calib_images DATA/val --calib_count 300
     python infer.py --model_dir inference/cvt_13 --input_file demo/
 """
 from utils.env import configure_cpu_runtime
@@ -15,6 +17,7 @@ from datasets.transforms import resolve_data_cfg  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.deploy import check_onnx_export_available, check_output_dir, export_inference_model  # noqa: E402
 from utils.inference import add_weight_args, label_names_for, load_model, script_parser  # noqa: E402
+from utils.quantize import calibration_batches, check_int8_export_available  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'id name' lines stored in inference.yml (default: the repo's ImageNet list "
                           "when num_classes is 1000)")
     out.add_argument('--onnx', action='store_true', help='also write model.onnx with paddle2onnx')
+    int8 = parser.add_argument_group('int8 (post-training quantisation of model.onnx)')
+    int8.add_argument('--int8', action='store_true',
+                      help='also write openvino_int8.xml (NNCF, calibrated) and model_int8.onnx (ONNX Runtime), '
+                           'for infer.py/eval.py --precision int8 (needs --onnx)')
+    int8.add_argument('--calib_images', metavar='DIR',
+                      help="images that set OpenVINO's int8 ranges, preprocessed as inference.yml says")
+    int8.add_argument('--calib_count', type=int, default=128, help='calibration images used (spread over DIR)')
     parser.add_argument('--debug', action='store_true', help='full traceback on errors')
     return parser
 
@@ -39,11 +49,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_output_dir(args.output)
     if args.onnx:
         check_onnx_export_available()
+    if args.int8:
+        check_int8_export_available(args.onnx, args.calib_images, args.calib_count, args.batch_size)
+    elif args.calib_images:
+        raise ValueError('--calib_images is read only with --int8')
     model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
     data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size)
     label_names = label_names_for(model.num_classes, args.label_list)
+    calib_batches = calibration_batches(args.calib_images, data_cfg, args.calib_count) if args.int8 else None
     files = export_inference_model(model, args.output, args.model, data_cfg, batch_size=args.batch_size,
-                                   with_softmax=args.with_softmax, label_names=label_names, onnx=args.onnx)
+                                   with_softmax=args.with_softmax, label_names=label_names, onnx=args.onnx,
+                                   calib_batches=calib_batches)
     print(json.dumps({'output': args.output, 'files': files, 'model': args.model,
                       'num_classes': model.num_classes, 'input_size': list(data_cfg['input_size'])}))
     return 0

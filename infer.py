@@ -1,7 +1,8 @@
-"""Classify images with an exported model (Paddle Inference or ONNX Runtime); preprocessing and labels
-come from the export folder's inference.yml.
+"""Classify images with an exported model (Paddle Inference, ONNX Runtime or OpenVINO); preprocessing and
+labels come from the export folder's inference.yml.
 
     python infer.py --model_dir inference/cvt_13 --input_file demo/ --benchmark
+    python infer.py --model_dir inference/cvt_13 --input_file demo/ --backend openvino --precision int8
 """
 from utils.env import configure_cpu_runtime
 
@@ -14,7 +15,7 @@ from typing import Optional, Sequence  # noqa: E402
 from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import add_bool  # noqa: E402
-from utils.deploy import build_predictor, graph_to_probs, read_inference_cfg  # noqa: E402
+from utils.deploy import BACKENDS, PRECISIONS, build_predictor, graph_to_probs, read_inference_cfg  # noqa: E402
 from utils.inference import batches, find_images, preprocess, script_parser, topk_results, report  # noqa: E402
 
 WARMUP_RUNS = 3
@@ -36,13 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument('--crop_mode', choices=('center', 'squash'), help='keep aspect ratio, or resize both sides')
     prep.add_argument('--interpolation', choices=('nearest', 'bilinear', 'bicubic'), help='resize filter')
     dev = parser.add_argument_group('predictor')
-    dev.add_argument('--backend', default='paddle', choices=('paddle', 'onnxruntime'),
-                     help='onnxruntime runs DIR/model.onnx (export_model.py --onnx)')
+    dev.add_argument('--backend', default='paddle', choices=BACKENDS,
+                     help='onnxruntime and openvino run DIR/model.onnx (export_model.py --onnx)')
     dev.add_argument('--use_gpu', action='store_true', help='run on GPU 0 (needs a CUDA build)')
     add_bool(dev, 'enable_mkldnn', True, 'oneDNN kernels on CPU')
     dev.add_argument('--cpu_threads', type=int, default=configure_cpu_runtime(), help='CPU math threads')
-    dev.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'int8'),
-                     help='fp16 needs --use_gpu, int8 needs --use_tensorrt')
+    dev.add_argument('--precision', default='fp32', choices=PRECISIONS,
+                     help='int8: DIR/model_int8.onnx (export_model.py --int8) on onnxruntime/openvino, or '
+                          'TensorRT; bf16: openvino on a CPU with bf16 math; fp16: --use_gpu')
     dev.add_argument('--use_tensorrt', action='store_true', help='TensorRT subgraphs (GPU build with TensorRT)')
     add_bool(dev, 'ir_optim', True, 'graph optimisation passes')
     dev.add_argument('--benchmark', action='store_true',

@@ -115,3 +115,52 @@ def test_eval_two_process_launch_counts_every_image_once(data_dir, checkpoint, t
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     _assert_matches(json.loads(out.read_text()), _expected(checkpoint, 'model', data_dir))
+
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    """A small real dataset (digits, as the demo writes it) and an export of a cvt_tiny checkpoint on it."""
+    from tools.make_demo_dataset import write_digits_dataset
+    root = tmp_path_factory.mktemp('digits')
+    write_digits_dataset(str(root / 'data'), image_size=32, num_classes=4, per_class=10)
+    paddle.seed(0)
+    model = create_model('cvt_tiny', num_classes=4)
+    paddle.save({'model': model.state_dict()}, str(root / 'checkpoint.pd'))
+    export = runpy.run_path(str(ROOT / 'export_model.py'))['main']
+    flags = ['--onnx'] if _onnx_export_available() else []
+    assert export(['--model', 'cvt_tiny', '--num_classes', '4', '--resume', str(root / 'checkpoint.pd'),
+                   '--output', str(root / 'export'), *flags]) == 0
+    return root
+
+
+def _onnx_export_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+        import onnx_graphsurgeon  # noqa: F401
+        import paddle2onnx  # noqa: F401
+    except (ImportError, ValueError):  # paddle2onnx 2.x refuses Paddle 2.x at import
+        return False
+    return True
+
+
+@pytest.mark.parametrize('backend', ['paddle', 'onnxruntime'])
+def test_eval_of_the_export_equals_the_checkpoint_eval(digits, backend, tmp_path):
+    if backend == 'onnxruntime' and not (digits / 'export' / 'model.onnx').is_file():
+        pytest.skip('ONNX export needs paddle2onnx, onnx-graphsurgeon and onnxruntime')
+    data = digits / 'data'
+    dygraph = _run_eval([data, '--model', 'cvt_tiny', '--num_classes', 4, '--resume', digits / 'checkpoint.pd'],
+                        tmp_path)
+    deployed = _run_eval([data, '--model_dir', digits / 'export', '--backend', backend, '--batch_size', 3], tmp_path)
+    assert deployed['num_images'] == dygraph['num_images'] == 8
+    assert abs(deployed['acc1'] - dygraph['acc1']) <= 0.01 and abs(deployed['acc5'] - dygraph['acc5']) <= 0.01
+    assert deployed['loss'] == pytest.approx(dygraph['loss'], abs=1e-4)
+    assert (deployed['model'], deployed['backend'], deployed['precision']) == ('cvt_tiny', backend, 'fp32')
+    assert deployed['img_size'] == dygraph['img_size'] and deployed['crop_pct'] == dygraph['crop_pct']
+
+
+def test_eval_of_the_export_refuses_weight_flags(digits, capsys):
+    from utils.cli import run_main
+    main = runpy.run_path(str(ROOT / 'eval.py'))['main']
+    with pytest.raises(SystemExit):
+        run_main(main, [str(digits / 'data'), '--model_dir', str(digits / 'export'), '--resume', 'x.pd'])
+    assert '--resume does not apply with --model_dir' in capsys.readouterr().err

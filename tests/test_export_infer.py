@@ -190,7 +190,8 @@ def test_infer_model_dir_without_model(export_dir, assets, tmp_path, capsys):
     (['--use_gpu'], '--use_gpu: the installed Paddle is a CPU build'),
     (['--use_tensorrt'], '--use_tensorrt needs --use_gpu'),
     (['--precision', 'fp16'], '--precision fp16 needs --use_gpu'),
-    (['--precision', 'int8'], '--precision int8 needs --use_tensorrt'),
+    (['--precision', 'int8'], 'on CPU use --backend openvino or onnxruntime --precision int8'),
+    (['--precision', 'bf16'], '--precision bf16 is not offered on Paddle Inference'),
 ])
 def test_infer_refuses_what_a_cpu_build_cannot_serve(flags, expected, export_dir, assets, capsys):
     err = _infer_error(['--model_dir', str(export_dir), '--input_file', str(assets / 'images'), *flags], capsys)
@@ -207,3 +208,19 @@ def test_onnx_export_with_an_incompatible_paddle2onnx_says_so(monkeypatch):
     monkeypatch.setattr(sys, 'meta_path', [RefusingFinder()] + sys.meta_path)
     with pytest.raises(ValueError, match=r'--onnx: paddle2onnx cannot run with this Paddle .*use paddle2onnx<2'):
         check_onnx_export_available()
+
+
+def test_exported_graph_has_the_exact_rewrites(export_dir):
+    graph = Path(find_model_files(str(export_dir))[0]).read_bytes()
+    assert b'batch_norm' not in graph  # folded into the depthwise convs
+    assert b'sigmoid' not in graph and b'swish' in graph  # QuickGELU as one swish
+
+
+def test_tensorrt_on_a_pir_export_is_refused_with_what_works(export_dir, monkeypatch):
+    if not (export_dir / 'inference.json').is_file():
+        pytest.skip('Paddle 2.x writes inference.pdmodel, which TensorRT runs')
+    monkeypatch.setattr(paddle, 'is_compiled_with_cuda', lambda: True)  # the check a GPU build reaches
+    monkeypatch.setattr(paddle.inference, 'get_trt_compile_version', lambda: (8, 6, 1))
+    with pytest.raises(ValueError, match=r'--use_tensorrt: .*inference.json is a Paddle 3 \(PIR\) program.*'
+                                         r'drop --use_tensorrt, or export with Paddle 2.6'):
+        build_predictor(str(export_dir), read_inference_cfg(str(export_dir)), use_gpu=True, use_tensorrt=True)

@@ -4,7 +4,8 @@
     python tools/benchmark.py --mode train --torch_python /tmp/torchref/bin/python
 
 --mode infer (default): batch-1 latency and large-batch images/s for dygraph, Paddle Inference (oneDNN
-off/on), ONNX Runtime and torch. --mode train: images/s of one optimizer step (forward, cross-entropy,
+off/on), ONNX Runtime (fp32, int8), OpenVINO (fp32, bf16, int8) and torch, plus each row's accuracy
+cost on a real photo: max |probability difference| and top-1 against dygraph fp32. --mode train: images/s of one optimizer step (forward, cross-entropy,
 backward, AdamW step, clear grad) for dygraph and torch, both in train mode (drop path on).
 
 Random weights (speed does not depend on them), fixed batches of random pixels, warm-up runs, then
@@ -24,8 +25,15 @@ from typing import Callable, Dict, List, Optional, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/benchmark.py`
 
-BACKENDS = ('dygraph', 'paddle_inference', 'paddle_inference_onednn', 'onnxruntime', 'torch_hf_eager')
+# exported rows: (infer.py --backend, --precision, oneDNN for the paddle backend)
+DEPLOYED = {'paddle_inference': ('paddle', 'fp32', False), 'paddle_inference_onednn': ('paddle', 'fp32', True),
+            'onnxruntime': ('onnxruntime', 'fp32', False), 'onnxruntime_int8': ('onnxruntime', 'int8', False),
+            'openvino': ('openvino', 'fp32', False), 'openvino_bf16': ('openvino', 'bf16', False),
+            'openvino_int8': ('openvino', 'int8', False)}
+BACKENDS = ('dygraph', *DEPLOYED, 'torch_hf_eager')
 REFERENCE = 'torch_hf_eager'
+IMAGE = os.path.join(os.path.dirname(ROOT), 'shared', 'reference', 'ILSVRC2012_val_00020010.JPEG')
+CALIB_CROPS = 8  # int8 speed does not depend on the calibration images; the accuracy column does a little
 MODES = ('infer', 'train')
 MODE_BACKENDS = {'infer': BACKENDS, 'train': ('dygraph', REFERENCE)}
 MODE_BATCH_SIZES = {'infer': [1, 32], 'train': [16]}
@@ -49,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--backends', nargs='+', choices=BACKENDS, metavar='NAME',
                         help=f'what to time, of: {", ".join(BACKENDS)}; none given: all the mode supports '
                              f'(train: {", ".join(MODE_BACKENDS["train"])})')
+    parser.add_argument('--image', default=IMAGE, metavar='FILE',
+                        help='real photo for the accuracy columns (and, as random crops, int8 calibration)')
     parser.add_argument('--torch_python', metavar='PYTHON',
                         help='python of an environment with torch + transformers, for the reference row; '
                              'None: this python')
@@ -107,7 +117,11 @@ def _paddle_model(spec: dict, training: bool):
 
 
 def _paddle_runner(backend: str, spec: dict, batch_size: int) -> Callable[[], object]:
-    x, _ = _random_batch(spec, batch_size)
+    return _paddle_predict(backend, spec, _random_batch(spec, batch_size)[0])
+
+
+def _paddle_predict(backend: str, spec: dict, x) -> Callable[[], object]:
+    """What one dygraph or exported run computes on `x`: the graph output (logits)."""
     if backend == 'dygraph':
         import paddle
         model = _paddle_model(spec, training=False)
@@ -118,11 +132,39 @@ def _paddle_runner(backend: str, spec: dict, batch_size: int) -> Callable[[], ob
                 return model(tensor).numpy()
         return run
     from utils.deploy import build_predictor, read_inference_cfg
-    cfg = read_inference_cfg(spec['model_dir'])
-    name = 'onnxruntime' if backend == 'onnxruntime' else 'paddle'
-    predictor = build_predictor(spec['model_dir'], cfg, name, max_batch_size=batch_size,
-                                enable_mkldnn=backend == 'paddle_inference_onednn', cpu_threads=spec['threads'])
+    runtime, precision, onednn = DEPLOYED[backend]
+    predictor = build_predictor(spec['model_dir'], read_inference_cfg(spec['model_dir']), runtime,
+                                max_batch_size=len(x), enable_mkldnn=onednn, cpu_threads=spec['threads'],
+                                precision=precision)
     return lambda: predictor(x)
+
+
+def _image_probs(backend: str, spec: dict) -> Optional[List[float]]:
+    """Probabilities on the real photo (eval preprocessing), for the accuracy columns; None for torch,
+    whose random weights are not ours."""
+    if backend == REFERENCE or not spec['image']:
+        return None
+    from utils.inference import softmax
+    return softmax(_paddle_predict(backend, spec, _photo_batch(spec))()).reshape(-1).tolist()
+
+
+def _photo_batch(spec: dict, crops: int = 0):
+    """The photo preprocessed as the variant's eval does, or with `crops` random crops of it, (N, 3, H, W)."""
+    import numpy as np
+    from datasets.transforms import build_transform, resolve_data_cfg
+    from models import create_model
+    from utils.inference import read_image
+    transform = build_transform(is_train=False, **resolve_data_cfg(create_model(spec['model']).default_cfg))
+    image = read_image(spec['image'])
+    if not crops:
+        return transform(image)[None].astype(np.float32)
+    rng, (w, h) = np.random.RandomState(0), image.size
+    boxes = []
+    for _ in range(crops):
+        cw, ch = (int(side * rng.uniform(0.5, 1.0)) for side in (w, h))
+        left, top = rng.randint(0, w - cw + 1), rng.randint(0, h - ch + 1)
+        boxes.append((left, top, left + cw, top + ch))
+    return np.stack([transform(image.crop(box)) for box in boxes]).astype(np.float32)
 
 
 def _paddle_train_step(spec: dict, batch_size: int) -> Callable[[], float]:
@@ -192,19 +234,21 @@ def build_runner(mode: str, backend: str, spec: dict, batch_size: int) -> Callab
 
 
 def run_worker(mode: str, backend: str, spec: dict, batch_sizes: Sequence[int], warmup: int,
-               iters: int) -> Dict[int, float]:
-    return {batch_size: median_seconds(build_runner(mode, backend, spec, batch_size), warmup, iters)
-            for batch_size in batch_sizes}
+               iters: int) -> dict:
+    """{'seconds': {batch size: median seconds}, 'probs': probabilities on the photo (infer) or None}."""
+    seconds = {batch_size: median_seconds(build_runner(mode, backend, spec, batch_size), warmup, iters)
+               for batch_size in batch_sizes}
+    return {'seconds': seconds, 'probs': _image_probs(backend, spec) if mode == 'infer' else None}
 
 
 # ---- orchestration ----
 
-def _model_spec(model_name: str, threads: int, model_dir: str) -> dict:
-    """What every worker needs: the paddle model name and export folder, and the arch for torch."""
+def _model_spec(model_name: str, threads: int, model_dir: str, image: str) -> dict:
+    """What every worker needs: the paddle model name, export folder and photo, and the arch for torch."""
     from models import create_model
     model = create_model(model_name)
     stages = [getattr(model, f'stage{i}') for i in range(model.num_stages)]
-    return dict(model=model_name, model_dir=model_dir, threads=threads, num_classes=model.num_classes,
+    return dict(model=model_name, model_dir=model_dir, image=image, threads=threads, num_classes=model.num_classes,
                 input_size=list(model.default_cfg['input_size']), depths=[len(s.blocks) for s in stages],
                 dims=[s.patch_embed.proj.weight.shape[0] for s in stages],
                 heads=[s.blocks[0].attn.num_heads for s in stages],
@@ -212,12 +256,14 @@ def _model_spec(model_name: str, threads: int, model_dir: str) -> dict:
                 drop_path_rates=[getattr(s.blocks[-1].drop_path, 'drop_prob', 0.0) for s in stages])
 
 
-def _export(spec: dict, with_onnx: bool) -> None:
+def _export(spec: dict, with_onnx: bool, with_int8: bool) -> None:
     from datasets.transforms import resolve_data_cfg
     from utils.deploy import export_inference_model
     model = _paddle_model(spec, training=False)
+    crops = _photo_batch(spec, CALIB_CROPS) if spec['image'] else _random_batch(spec, CALIB_CROPS)[0]
+    calib = list(crops[:, None]) if with_int8 else None
     export_inference_model(model, spec['model_dir'], spec['model'], resolve_data_cfg(model.default_cfg),
-                           onnx=with_onnx)
+                           onnx=with_onnx, calib_batches=calib)
 
 
 def _has_module(python: str, *modules: str) -> bool:
@@ -225,7 +271,9 @@ def _has_module(python: str, *modules: str) -> bool:
     return subprocess.run([python, '-c', probe], capture_output=True).returncode == 0
 
 
-def _time_backend(python: str, backend: str, spec: dict, args) -> Dict[int, float]:
+def _time_backend(python: str, backend: str, spec: dict, args) -> Optional[dict]:
+    """The worker's result, or None (reported as skipped, with the worker's one-line reason) when it
+    refused, e.g. a precision this CPU lacks."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [python, os.path.abspath(__file__), '--mode', args.mode, '--worker', backend,
            '--worker_args', json.dumps(spec), '--batch_sizes', *map(str, args.batch_sizes),
@@ -233,8 +281,10 @@ def _time_backend(python: str, backend: str, spec: dict, args) -> Dict[int, floa
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ['no output'])[-1].removeprefix('error: ')  # run_main's
-        raise ValueError(f'{backend}: benchmark worker failed: {last}')
-    return {int(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+        print(f'{backend}: skipped ({last})')
+        return None
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {'seconds': {int(k): v for k, v in result['seconds'].items()}, 'probs': result['probs']}
 
 
 def _available(args) -> List[tuple]:
@@ -242,8 +292,11 @@ def _available(args) -> List[tuple]:
     torch_python = args.torch_python or sys.executable
     plan = []
     for backend in args.backends:
-        if backend == 'onnxruntime' and not _has_module(sys.executable, 'paddle2onnx', 'onnxruntime'):
-            print('onnxruntime: skipped (paddle2onnx/onnxruntime not installed)')
+        runtime, precision, _ = DEPLOYED.get(backend, (None, None, None))
+        needs = (['paddle2onnx', runtime] if runtime in ('onnxruntime', 'openvino') else []) + \
+            (['nncf'] if precision == 'int8' else [])
+        if needs and not _has_module(sys.executable, *needs):
+            print(f'{backend}: skipped ({"/".join(needs)} not installed)')
         elif backend == REFERENCE and not _has_module(torch_python, 'torch', 'transformers'):
             print(f'{REFERENCE}: skipped ({torch_python} cannot import torch and transformers; see --torch_python)')
         else:
@@ -251,10 +304,22 @@ def _available(args) -> List[tuple]:
     return plan
 
 
-def format_table(results: Dict[str, Dict[int, float]], batch_sizes: Sequence[int], mode: str = 'infer') -> str:
-    """Latency (inference at batch 1) or images/s per batch size, and the speed ratio to the torch row
-    (ours / torch images/s; >1: faster)."""
+def accuracy_cost(probs: Dict[str, Optional[List[float]]]) -> Dict[str, tuple]:
+    """{backend: (max |prob diff|, top-1 unchanged)} against dygraph fp32 (else the first row with probs)."""
+    import numpy as np
+    rows = {k: np.asarray(v) for k, v in probs.items() if v is not None}
+    if not rows:
+        return {}
+    reference = rows.get('dygraph', next(iter(rows.values())))
+    return {k: (float(np.abs(p - reference).max()), bool(p.argmax() == reference.argmax())) for k, p in rows.items()}
+
+
+def format_table(results: Dict[str, Dict[int, float]], batch_sizes: Sequence[int], mode: str = 'infer',
+                 accuracy: Optional[Dict[str, tuple]] = None) -> str:
+    """Latency (inference at batch 1) or images/s per batch size, the speed ratio to the torch row
+    (ours / torch images/s; >1: faster) and, given `accuracy`, each row's cost on the photo."""
     reference = results.get(REFERENCE)
+    accuracy = accuracy or {}
 
     def latency(batch_size):
         return mode == 'infer' and batch_size == 1
@@ -262,11 +327,16 @@ def format_table(results: Dict[str, Dict[int, float]], batch_sizes: Sequence[int
     header = ['backend'] + [f'b{b} ms' if latency(b) else f'b{b} img/s' for b in batch_sizes]
     if reference:
         header += [f'b{b} vs torch' for b in batch_sizes]
+    if accuracy:
+        header += ['max |dprob|', 'top-1']
     rows = [header]
     for backend, timing in results.items():
         row = [backend] + [f'{1000 * timing[b]:.1f}' if latency(b) else f'{b / timing[b]:.1f}' for b in batch_sizes]
         if reference:
             row += [f'{reference[b] / timing[b]:.2f}x' for b in batch_sizes]
+        if accuracy:
+            diff, same = accuracy.get(backend, (None, None))
+            row += ['-', '-'] if diff is None else [f'{diff:.1e}', 'same' if same else 'CHANGED']
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return '\n'.join('  '.join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
@@ -282,20 +352,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from utils.env import configure_cpu_runtime
     configure_cpu_runtime()
     plan = _available(args)
+    image = args.image if os.path.isfile(args.image) else None
+    if not image and args.mode == 'infer':
+        print(f'{args.image}: not found; no accuracy columns (see --image)')
     with tempfile.TemporaryDirectory(prefix='cvt-bench-') as tmp:
-        spec = _model_spec(args.model, args.threads, os.path.join(tmp, 'export'))
-        if any(backend != 'dygraph' and backend != REFERENCE for backend, _ in plan):
-            _export(spec, with_onnx=any(backend == 'onnxruntime' for backend, _ in plan))
+        spec = _model_spec(args.model, args.threads, os.path.join(tmp, 'export'), image)
+        exported = [DEPLOYED[backend] for backend, _ in plan if backend in DEPLOYED]
+        if exported:
+            _export(spec, with_onnx=any(runtime != 'paddle' for runtime, _, _ in exported),
+                    with_int8=any(precision == 'int8' for _, precision, _ in exported))
         load_before = os.getloadavg()
-        results = {backend: _time_backend(python, backend, spec, args) for backend, python in plan}
+        measured = {backend: _time_backend(python, backend, spec, args) for backend, python in plan}
         load_after = os.getloadavg()
+    results = {k: v['seconds'] for k, v in measured.items() if v}
+    accuracy = accuracy_cost({k: v['probs'] for k, v in measured.items() if v})
     timed = 'one AdamW training step' if args.mode == 'train' else 'inference'
     print(f'{args.model} {timed}, {args.threads} threads, input {spec["input_size"]}, warm-up {args.warmup}, '
           f'median of {args.iters}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after '
           f'({os.cpu_count()} CPUs)')
-    print(format_table(results, args.batch_sizes, args.mode))
+    print(format_table(results, args.batch_sizes, args.mode, accuracy))
     record = dict(model=args.model, mode=args.mode, threads=args.threads, warmup=args.warmup, iters=args.iters,
-                  load_average=[load_before[0], load_after[0]],
+                  load_average=[load_before[0], load_after[0]], image=image,
+                  skipped=[k for k, v in measured.items() if v is None],
+                  accuracy_vs_dygraph={k: {'max_abs_prob_diff': d, 'top1_unchanged': same}
+                                       for k, (d, same) in accuracy.items()},
                   median_seconds={k: {str(b): v for b, v in t.items()} for k, t in results.items()},
                   images_per_second={k: {str(b): b / v for b, v in t.items()} for k, t in results.items()})
     from utils.inference import report  # deferred: workers of this script must not import paddle early

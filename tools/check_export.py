@@ -2,7 +2,8 @@
 
     python tools/check_export.py --model_dir inference/cvt_13 --resume output/checkpoint-best.pd [--images demo/]
 
-Compares Paddle Inference, and ONNX Runtime when the folder holds model.onnx; exits 1 on any failure.
+Compares Paddle Inference, and ONNX Runtime and OpenVINO (those installed) when the folder holds model.onnx;
+exits 1 on any failure.
 Top-5 ids must be identical, except two classes whose reference probabilities tie within --atol may swap.
 """
 import os
@@ -70,15 +71,15 @@ def compare(reference: np.ndarray, probs: np.ndarray, atol: float) -> Tuple[floa
 
 
 def predictors(args, cfg: dict, batch_size: int) -> List[Tuple[str, Callable[[np.ndarray], np.ndarray]]]:
-    """Paddle Inference, plus ONNX Runtime when the folder holds model.onnx."""
+    """Paddle Inference, plus ONNX Runtime and OpenVINO when the folder holds model.onnx."""
     found = [('paddle', build_predictor(args.model_dir, cfg, 'paddle', max_batch_size=batch_size,
                                         enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads))]
     if os.path.isfile(os.path.join(args.model_dir, ONNX_FILE)):
-        if importlib.util.find_spec('onnxruntime') is None:
-            print(f'onnxruntime: skipped, {ONNX_FILE} present but onnxruntime is not installed')
-        else:
-            found.append(('onnxruntime', build_predictor(args.model_dir, cfg, 'onnxruntime',
-                                                         cpu_threads=args.cpu_threads)))
+        for backend in ('onnxruntime', 'openvino'):
+            if importlib.util.find_spec(backend) is None:
+                print(f'{backend}: skipped, {ONNX_FILE} present but {backend} is not installed')
+            else:
+                found.append((backend, build_predictor(args.model_dir, cfg, backend, cpu_threads=args.cpu_threads)))
     return found
 
 

@@ -7,25 +7,29 @@ summary. Every step is the command a user would type, printed before it runs. Re
 what exists: the dataset is kept and training resumes from (or stops at) its last checkpoint.
 """
 import argparse
+import importlib.util
 import json
 import os
 import shlex
 import subprocess
 import sys
 import time
-from typing import List
+from typing import List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'configs/train/cvt/cvt_tiny_demo.yaml'
 EXPERIMENT = 'cvt_tiny_demo'
 
 
-def run(cmd: List[str], env=None) -> str:
-    """Run one pipeline step from the repo root, echoing the command; its stdout is returned."""
+def run(cmd: List[str], env=None, may_refuse: bool = False) -> Optional[str]:
+    """Run one pipeline step from the repo root, echoing the command; its stdout is returned. A step
+    that `may_refuse` (a precision this CPU lacks) returns None on failure, its one-line reason shown."""
     print('\n$ ' + ' '.join(shlex.quote(c) for c in cmd), flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
+        if may_refuse:
+            return None
         raise ValueError(f'demo step failed (exit {proc.returncode}): {" ".join(cmd)}')
     return proc.stdout
 
@@ -33,6 +37,14 @@ def run(cmd: List[str], env=None) -> str:
 def last_json(stdout: str):
     """The machine-readable result line the scripts end with."""
     return json.loads([line for line in stdout.splitlines() if line.startswith(('{', '['))][-1])
+
+
+def deployed_line(deployed: dict, checkpoint_acc1: float) -> str:
+    """fp32 / bf16 / int8 val top-1 of the exported model, and int8's change against the checkpoint."""
+    if not deployed:
+        return 'n/a (export_model.py --int8 needs paddle2onnx, onnxruntime and nncf)'
+    cells = [f"{p} {'n/a (refused above)' if acc is None else f'{acc:.2f}%'}" for p, acc in deployed.items()]
+    return ', '.join(cells) + f"  (int8 {deployed['int8'] - checkpoint_acc1:+.2f} points vs the checkpoint)"
 
 
 def main(argv=None) -> int:
@@ -68,7 +80,18 @@ def main(argv=None) -> int:
     run([py, 'predict.py', '--infer_imgs', *samples, *weights, '--label_list', labels, '--topk', '3',
          '--output_json', os.path.join(run_dir, 'predictions.json')])
     export_dir = os.path.join(run_dir, 'export')
-    run([py, 'export_model.py', *weights, '--label_list', labels, '--output', export_dir])
+    # int8 needs the ONNX export and NNCF; calibrated on training images, scored on val
+    quantise = all(importlib.util.find_spec(m) for m in ('paddle2onnx', 'onnxruntime', 'nncf'))
+    run([py, 'export_model.py', *weights, '--label_list', labels, '--output', export_dir,
+         *(['--onnx', '--int8', '--calib_images', os.path.join(args.data, 'train'), '--calib_count', '64']
+           if quantise else [])])
+    deployed = {}
+    if quantise:
+        backend = 'openvino' if importlib.util.find_spec('openvino') else 'onnxruntime'
+        for precision in ('fp32', 'bf16', 'int8'):
+            out = run([py, 'eval.py', args.data, '--model_dir', export_dir, '--backend', backend,
+                       '--precision', precision, '--batch_size', '64'], may_refuse=precision == 'bf16')
+            deployed[precision] = last_json(out)['acc1'] if out else None
     inference = run([py, 'infer.py', '--model_dir', export_dir, '--input_file', os.path.join(args.data, 'val'),
                      '--batch_size', '32', '--benchmark', '--output_json', os.path.join(run_dir, 'infer.json')])
     run([py, 'tools/check_export.py', *weights, '--model_dir', export_dir, '--images', *samples])
@@ -86,6 +109,7 @@ chance 10%)
 training         {len(epochs)} epochs, {train_speed[-1] if train_speed else float('nan'):.0f} images/s \
 ({args.nproc} process{'es' if args.nproc > 1 else ''})
 inference        {infer_speed}
+deployed top-1   {deployed_line(deployed, evaluation['acc1'])}
 files            {run_dir}/ (checkpoints, log.txt, train.log, args.yaml, curves.png, export/)
 total time       {time.time() - start:.0f} s
 next, on real data (ImageNet layout: DATA/train/<class>/*, DATA/val/<class>/*):

@@ -14,10 +14,15 @@ import paddle
 import paddle.nn.functional as F
 import yaml
 
+from utils.graph_rewrites import rewrite_for_export
+
 MODEL_PREFIX = 'inference'
 MODEL_FILES = (f'{MODEL_PREFIX}.json', f'{MODEL_PREFIX}.pdmodel')  # Paddle 3 (PIR), Paddle 2.x
 CFG_FILE = f'{MODEL_PREFIX}.yml'
 ONNX_FILE = 'model.onnx'
+# export_model.py --int8: quantised copies of model.onnx, for ONNX Runtime (dynamic int8 MatMuls) and OpenVINO (IR)
+INT8_ONNX_FILE = 'model_int8.onnx'
+INT8_OPENVINO_FILE = 'openvino_int8.xml'  # weights in openvino_int8.bin
 INPUT_NAME = 'x'
 ONNX_OPSET = 17  # first opset with a native LayerNormalization
 PREPROCESS_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
@@ -46,8 +51,10 @@ def _plain(value):
 
 def export_inference_model(model, output_dir: str, model_name: str, data_cfg: dict, batch_size: int = -1,
                            with_softmax: bool = False, label_names: Optional[Sequence[str]] = None,
-                           onnx: bool = False) -> List[str]:
+                           onnx: bool = False, calib_batches: Optional[Sequence[np.ndarray]] = None) -> List[str]:
     """Export `model` for deployment into `output_dir`; returns the written file names.
+
+    With `calib_batches` (needs `onnx`), the int8 copies of utils/quantize.py are written too.
 
     The folder is built under a temporary name next to `output_dir` and renamed into place, so a
     failed export never leaves a half-written folder, and a previous export is replaced whole.
@@ -66,12 +73,16 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
         cfg = dict(model=model_name, num_classes=int(model.num_classes), with_softmax=bool(with_softmax),
                    batch_size=int(batch_size),
                    preprocess={k: _plain(data_cfg[k]) for k in PREPROCESS_KEYS},
-                   label_names=list(label_names) if label_names else None)
+                   label_names=list(label_names) if label_names else None,
+                   int8_calibration_images=len(calib_batches) if calib_batches else None)
         with open(os.path.join(staging, CFG_FILE), 'w', encoding='utf-8') as f:
             yaml.safe_dump(cfg, f, sort_keys=False, allow_unicode=True)
         if onnx:
             model_file, params_file = find_model_files(staging)
             _export_onnx(model_file, params_file, os.path.join(staging, ONNX_FILE))
+        if calib_batches:
+            from utils.quantize import quantize_onnx
+            quantize_onnx(os.path.join(staging, ONNX_FILE), staging, calib_batches)
         _swap_into_place(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -103,7 +114,8 @@ class InferenceModel(paddle.nn.Layer):
 
 
 def _save_static(model, folder: str, input_size: Sequence[int], batch_size: int, with_softmax: bool) -> None:
-    layer = InferenceModel(model, with_softmax)
+    """Trace and save the deployed graph: the whole of it happens here (one place to wrap in a context)."""
+    layer = InferenceModel(rewrite_for_export(model), with_softmax)
     layer.eval()
     shape = [None if batch_size == -1 else batch_size] + [int(s) for s in input_size]
     spec = [paddle.static.InputSpec(shape=shape, dtype='float32', name=INPUT_NAME)]
@@ -174,14 +186,28 @@ def read_inference_cfg(model_dir: str) -> dict:
     return cfg
 
 
-def check_device_options(backend: str, use_gpu: bool, use_tensorrt: bool, precision: str) -> None:
-    """One-line refusals for what the installed Paddle / ONNX Runtime cannot serve."""
-    if precision not in ('fp32', 'fp16', 'int8'):
-        raise ValueError(f"--precision must be fp32, fp16 or int8, got '{precision}'")
-    if backend == 'onnxruntime':
-        if use_tensorrt or precision != 'fp32':
-            raise ValueError('--backend onnxruntime runs the fp32 ONNX model; drop --use_tensorrt/--precision')
-        if use_gpu:
+BACKENDS = ('paddle', 'onnxruntime', 'openvino')
+PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
+OPENVINO_PACKAGE = 'pip install openvino'
+BACKEND_PRECISIONS = {'onnxruntime': ('fp32', 'int8'), 'openvino': ('fp32', 'bf16', 'int8')}
+
+
+def check_device_options(backend: str, use_gpu: bool, use_tensorrt: bool, precision: str,
+                         model_file: Optional[str] = None) -> None:
+    """One-line refusals for what the installed Paddle / ONNX Runtime / OpenVINO or this CPU cannot serve."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if backend != 'paddle':
+        if use_tensorrt:
+            raise ValueError(f'--use_tensorrt is a Paddle Inference option; drop it for --backend {backend}')
+        if precision not in BACKEND_PRECISIONS[backend]:
+            raise ValueError(f'--backend {backend} runs --precision {" or ".join(BACKEND_PRECISIONS[backend])}, '
+                             f'got {precision}')
+        if backend == 'openvino' and use_gpu:
+            raise ValueError('--backend openvino runs on the CPU here; drop --use_gpu')
+        if backend == 'onnxruntime' and use_gpu:
             import onnxruntime
             if 'CUDAExecutionProvider' not in onnxruntime.get_available_providers():
                 raise ValueError('--use_gpu: this onnxruntime has no CUDAExecutionProvider '
@@ -193,10 +219,21 @@ def check_device_options(backend: str, use_gpu: bool, use_tensorrt: bool, precis
         raise ValueError('--use_tensorrt needs --use_gpu')
     if use_tensorrt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
         raise ValueError('--use_tensorrt: the installed Paddle was built without TensorRT')
+    if use_tensorrt and model_file and model_file.endswith('.json'):
+        raise ValueError(f'--use_tensorrt: {model_file} is a Paddle 3 (PIR) program, which Paddle\'s TensorRT '
+                         f'engine option does not run (PIR needs paddle.tensorrt conversion, not implemented here); '
+                         f'drop --use_tensorrt, or export with Paddle 2.6 for an inference.pdmodel')
     if precision == 'fp16' and not use_gpu:
         raise ValueError('--precision fp16 needs --use_gpu (CPU inference runs fp32)')
+    if precision == 'bf16':
+        reason = ('Paddle finds no bf16 kernels on this CPU (paddle.base.core.supports_bfloat16() is False)'
+                  if not paddle.base.core.supports_bfloat16() else 'its oneDNN bf16 path is untested on these exports')
+        raise ValueError(f'--precision bf16 is not offered on Paddle Inference: {reason}; use --backend openvino '
+                         f'--precision bf16 where OpenVINO supports it, or fp32')
     if precision == 'int8' and not use_tensorrt:
-        raise ValueError('--precision int8 needs --use_tensorrt (TensorRT int8 calibration); CPU inference runs fp32')
+        raise ValueError('--precision int8 needs --use_tensorrt on Paddle Inference (its CPU int8 runs only '
+                         'PaddleSlim-quantised programs, which this export is not); on CPU use --backend openvino '
+                         'or onnxruntime --precision int8 (export_model.py --int8)')
 
 
 def _paddle_predictor(model_file: str, params_file: str, input_size: Sequence[int], max_batch_size: int,
@@ -236,13 +273,24 @@ def _paddle_predictor(model_file: str, params_file: str, input_size: Sequence[in
     return run
 
 
+def _onnx_file(model_dir: str, precision: str, backend: str) -> str:
+    """model.onnx, or the backend's int8 copy; missing ones name the export flag that writes them."""
+    if precision == 'int8':
+        path = os.path.join(model_dir, INT8_OPENVINO_FILE if backend == 'openvino' else INT8_ONNX_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'{path}: not found (export with export_model.py --onnx --int8 --calib_images DIR)')
+    else:
+        path = os.path.join(model_dir, ONNX_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'{path}: not found (export with export_model.py --onnx)')
+    return path
+
+
 def _onnx_predictor(onnx_file: str, use_gpu: bool, cpu_threads: int) -> Callable[[np.ndarray], np.ndarray]:
     try:
         import onnxruntime
     except ImportError:
         raise ValueError(f'--backend onnxruntime needs onnxruntime, which is not installed: {ONNX_PACKAGES}') from None
-    if not os.path.isfile(onnx_file):
-        raise FileNotFoundError(f'{onnx_file}: not found (export with export_model.py --onnx)')
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = cpu_threads
     providers = (['CUDAExecutionProvider'] if use_gpu else []) + ['CPUExecutionProvider']
@@ -251,6 +299,32 @@ def _onnx_predictor(onnx_file: str, use_gpu: bool, cpu_threads: int) -> Callable
 
     def run(batch: np.ndarray) -> np.ndarray:
         return session.run(None, {input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    return run
+
+
+def openvino_cpu_capabilities(core) -> List[str]:
+    """What OpenVINO's CPU plugin computes natively here, e.g. ['FP32', 'INT8'] or with 'BF16'."""
+    return list(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))
+
+
+def _openvino_predictor(onnx_file: str, precision: str, cpu_threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    try:
+        import openvino
+    except ImportError:
+        raise ValueError(f'--backend openvino needs openvino, which is not installed: {OPENVINO_PACKAGE}') from None
+    core = openvino.Core()
+    capabilities = openvino_cpu_capabilities(core)
+    if precision == 'bf16' and 'BF16' not in capabilities:
+        raise ValueError(f"--precision bf16: OpenVINO finds no bf16 math on this CPU (it needs AVX512_BF16 or AMX; "
+                         f"CPU capabilities: {', '.join(capabilities)}) and would run fp32; use --precision fp32 or int8")
+    # bf16 is a hint for the fp32 ops; int8 graphs keep fp32 between their quantised ops
+    config = {'INFERENCE_NUM_THREADS': cpu_threads, 'PERFORMANCE_HINT': 'LATENCY',
+              'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32'}
+    request = core.compile_model(onnx_file, 'CPU', config).create_infer_request()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return request.infer([np.ascontiguousarray(batch, dtype=np.float32)])[0]
 
     return run
 
@@ -272,19 +346,37 @@ def build_predictor(model_dir: str, cfg: dict, backend: str = 'paddle', model_fi
                     enable_mkldnn: bool = True, cpu_threads: int = 1, precision: str = 'fp32',
                     use_tensorrt: bool = False, ir_optim: bool = True) -> Callable[[np.ndarray], np.ndarray]:
     """A callable (N, 3, H, W) float32 -> (N, num_classes) graph output (probabilities or logits, see
-    cfg['with_softmax']) for the Paddle Inference or ONNX Runtime backend."""
-    if backend not in ('paddle', 'onnxruntime'):
-        raise ValueError(f"--backend must be paddle or onnxruntime, got '{backend}'")
-    check_device_options(backend, use_gpu, use_tensorrt, precision)
+    cfg['with_softmax']) for the Paddle Inference, ONNX Runtime or OpenVINO backend."""
+    if backend == 'paddle':
+        model_file, params_file = find_model_files(model_dir, model_file, params_file)
+    check_device_options(backend, use_gpu, use_tensorrt, precision, model_file)
     fixed = cfg.get('batch_size', -1)
     if backend == 'onnxruntime':
-        run = _onnx_predictor(os.path.join(model_dir, ONNX_FILE), use_gpu, cpu_threads)
+        run = _onnx_predictor(_onnx_file(model_dir, precision, backend), use_gpu, cpu_threads)
+    elif backend == 'openvino':
+        run = _openvino_predictor(_onnx_file(model_dir, precision, backend), precision, cpu_threads)
     else:
-        model_file, params_file = find_model_files(model_dir, model_file, params_file)
         run = _paddle_predictor(model_file, params_file, cfg['preprocess']['input_size'],
                                 fixed if fixed > 0 else max_batch_size, use_gpu, enable_mkldnn, cpu_threads,
                                 precision, use_tensorrt, ir_optim)
     return _fixed_batch(run, fixed) if fixed > 0 else run
+
+
+class PredictorAsModel:
+    """An exported predictor seen as utils.evaluation.evaluate() sees a model: eval(), and a call from a
+    paddle image batch to logits (log-probabilities for a softmax graph: same top-k, same cross-entropy)."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], cfg: dict):
+        self.run, self.cfg = run, cfg
+
+    def eval(self):
+        return self
+
+    def __call__(self, images: paddle.Tensor) -> paddle.Tensor:
+        output = self.run(images.numpy()).astype(np.float32, copy=False)
+        if self.cfg['with_softmax']:
+            output = np.log(np.maximum(output, np.finfo(np.float32).tiny))
+        return paddle.to_tensor(output)
 
 
 def graph_to_probs(output: np.ndarray, cfg: Dict) -> np.ndarray:

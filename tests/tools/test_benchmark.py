@@ -38,3 +38,33 @@ def test_table_ratio_is_ours_over_torch_and_train_batch1_is_images_per_second():
     assert train[1].split() == ['dygraph', '2.0', '4.0', '2.00x', '2.00x']
     assert train[2].split() == [REFERENCE, '1.0', '2.0', '1.00x', '1.00x']
     assert format_table(results, [1], mode='infer').splitlines()[1].split()[:2] == ['dygraph', '500.0']
+
+
+def test_accuracy_columns_compare_each_row_with_dygraph():
+    from tools.benchmark import accuracy_cost
+    cost = accuracy_cost({'dygraph': [0.7, 0.2, 0.1], 'openvino_int8': [0.4, 0.5, 0.1], REFERENCE: None})
+    assert cost['dygraph'] == (0.0, True)
+    assert cost['openvino_int8'][0] == pytest.approx(0.3) and cost['openvino_int8'][1] is False
+    table = format_table({'dygraph': {1: 0.5}, 'openvino_int8': {1: 0.1}}, [1], accuracy=cost).splitlines()
+    assert table[0].split()[-3:] == ['max', '|dprob|', 'top-1']
+    assert table[2].split()[-2:] == ['3.0e-01', 'CHANGED'] and table[1].split()[-2:] == ['0.0e+00', 'same']
+
+
+def test_deployed_rows_and_refusals_on_cvt_tiny(tmp_path, capsys):
+    """Every exported row runs (or is skipped with its reason) and gets an accuracy cost."""
+    pytest.importorskip('openvino', reason='the OpenVINO rows need openvino')
+    pytest.importorskip('nncf', reason='the int8 rows need nncf')
+    image = tmp_path / 'photo.png'
+    from PIL import Image
+    import numpy as np
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (8, 8, 3), dtype=np.uint8)).resize((80, 70)).save(image)
+    out = tmp_path / 'bench.json'
+    assert main(['--model', 'cvt_tiny', '--batch_sizes', '2', '--threads', '1', '--warmup', '0', '--iters', '1',
+                 '--image', str(image), '--backends', 'dygraph', 'openvino_bf16', 'openvino_int8',
+                 '--output_json', str(out)]) == 0
+    record = json.loads(out.read_text())
+    timed = set(record['median_seconds'])
+    assert {'dygraph', 'openvino_int8'} <= timed  # bf16: timed or skipped, as this CPU allows
+    assert timed | set(record['skipped']) == {'dygraph', 'openvino_bf16', 'openvino_int8'}
+    accuracy = record['accuracy_vs_dygraph']
+    assert 0 < accuracy['openvino_int8']['max_abs_prob_diff'] < 0.1
