@@ -22,9 +22,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _TRUNC_NORMAL_HAS_BOUNDS = 'a' in inspect.signature(nn.initializer.TruncatedNormal).parameters
 
 
-try:  # Paddle >= 3.1: SDPA picks flash / memory-efficient / math per call from device, dtype and `scale`
+try:  # Paddle 3 (3.3 tested): SDPA picks flash / memory-efficient / math per call from device, dtype, `scale`
     from paddle.nn.attention import SDPBackend, sdpa_kernel
-except ImportError:  # Paddle 2.6 sends every GPU call to flash_attn (fp16/bf16 on SM80+ only) with no fallback
+except ImportError:  # Paddle 2.6 sends every GPU call to flash_attn (fp16/bf16 only), with no fallback
     sdpa_kernel = None
 _fused_attn = sdpa_kernel is not None
 
