@@ -14,6 +14,7 @@ import json  # noqa: E402
 from typing import Optional, Sequence  # noqa: E402
 
 from datasets.transforms import resolve_data_cfg  # noqa: E402
+from models.cvt import portable_attention  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.deploy import check_onnx_export_available, check_output_dir, export_inference_model  # noqa: E402
 from utils.inference import add_weight_args, label_names_for, load_model, script_parser  # noqa: E402
@@ -57,9 +58,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size)
     label_names = label_names_for(model.num_classes, args.label_list)
     calib_batches = calibration_batches(args.calib_images, data_cfg, args.calib_count) if args.int8 else None
-    files = export_inference_model(model, args.output, args.model, data_cfg, batch_size=args.batch_size,
-                                   with_softmax=args.with_softmax, label_names=label_names, onnx=args.onnx,
-                                   calib_batches=calib_batches)
+    with portable_attention():  # matmul/softmax in the graph, whatever device traces it
+        files = export_inference_model(model, args.output, args.model, data_cfg, batch_size=args.batch_size,
+                                       with_softmax=args.with_softmax, label_names=label_names, onnx=args.onnx,
+                                       calib_batches=calib_batches)
     print(json.dumps({'output': args.output, 'files': files, 'model': args.model,
                       'num_classes': model.num_classes, 'input_size': list(data_cfg['input_size'])}))
     return 0

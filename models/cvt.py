@@ -4,6 +4,7 @@ Paper: https://arxiv.org/abs/2103.15808, official code: https://github.com/micro
 Parameter names match the official `lib/models/cls_cvt.py` state dict, so converting released
 weights is a rename of BatchNorm statistics and a transpose of Linear weights, nothing more.
 """
+import contextlib
 import inspect
 import math
 from typing import Sequence
@@ -11,6 +12,7 @@ from typing import Sequence
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle.autograd import PyLayer
 
 from .registry import register_model
 
@@ -18,6 +20,70 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Paddle >= 3 takes absolute cut points a/b; older lines always cut at mean +- 2 std.
 _TRUNC_NORMAL_HAS_BOUNDS = 'a' in inspect.signature(nn.initializer.TruncatedNormal).parameters
+
+
+try:  # Paddle 3 (3.3 tested): SDPA picks flash / memory-efficient / math per call from device, dtype, `scale`
+    from paddle.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # Paddle 2.6 sends every GPU call to flash_attn (fp16/bf16 only), with no fallback
+    sdpa_kernel = None
+_fused_attn = sdpa_kernel is not None
+
+
+def use_fused_attn() -> bool:
+    """Whether attention goes through F.scaled_dot_product_attention (else an explicit softmax)."""
+    return _fused_attn
+
+
+def set_fused_attn(enable: bool) -> None:
+    """Choose the attention path, as timm's `fused_attn`: the explicit softmax is for backends without SDPA.
+    Ignored (explicit) on a Paddle whose SDPA cannot pick a kernel that fits the input (2.6)."""
+    global _fused_attn
+    _fused_attn = bool(enable) and sdpa_kernel is not None
+
+
+@contextlib.contextmanager
+def portable_attention():
+    """Trace attention into plain matmul/softmax ops, for an export that runs anywhere (Paddle Inference on
+    CPU, ONNX). Outside dygraph SDPA picks its kernel from the current device, so a trace on a GPU would hold
+    flash_attn or memory_efficient_attention ops; wrap `paddle.jit.to_static` and `paddle.jit.save` in this."""
+    if sdpa_kernel is None:  # no SDPA in the graph on this Paddle
+        yield
+    else:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+
+
+class _AddmmLinear(PyLayer):
+    """y = b + x @ W for 2-D x in one GEMM, with the bias gradient as a GEMV (ones @ dy). Paddle's CPU
+    broadcast add runs ~2x and its backward (a reduce over rows) ~25x slower than that GEMV."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.needs_grad = (not x.stop_gradient, not weight.stop_gradient, not bias.stop_gradient)
+        return paddle.addmm(bias, x, weight)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensor()
+        need_x, need_weight, need_bias = ctx.needs_grad
+        dx = paddle.matmul(dy, weight, transpose_y=True) if need_x else None
+        dweight = paddle.matmul(x, dy, transpose_x=True) if need_weight else None
+        dbias = paddle.matmul(paddle.ones([1, dy.shape[0]], dy.dtype), dy).reshape([-1]) if need_bias else None
+        return dx, dweight, dbias
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and names) whose fp32 CPU dygraph path is `_AddmmLinear`; everywhere else
+    (GPU, tracing for export) it is F.linear, so exported graphs and mixed precision are unchanged. Paddle
+    switches autocast off on CPU, so the CPU path never meets AMP."""
+
+    def forward(self, x):
+        if (self.bias is None or not paddle.in_dynamic_mode() or not x.place.is_cpu_place()
+                or x.dtype != paddle.float32):
+            return F.linear(x, self.weight, self.bias)
+        out = _AddmmLinear.apply(x.reshape([-1, x.shape[-1]]), self.weight, self.bias)
+        return out.reshape(x.shape[:-1] + [out.shape[-1]])
 
 
 def _trunc_normal(param, std=0.02):
@@ -73,9 +139,9 @@ class QuickGELU(nn.Layer):
 class Mlp(nn.Layer):
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.act = QuickGELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
@@ -111,19 +177,34 @@ class Attention(nn.Layer):
         self.conv_proj_q = ConvProjection(dim_in, kernel_size, stride_q, padding_q)
         self.conv_proj_k = ConvProjection(dim_in, kernel_size, stride_kv, padding_kv)
         self.conv_proj_v = ConvProjection(dim_in, kernel_size, stride_kv, padding_kv)
-        self.proj_q = nn.Linear(dim_in, dim_out, bias_attr=None if qkv_bias else False)
-        self.proj_k = nn.Linear(dim_in, dim_out, bias_attr=None if qkv_bias else False)
-        self.proj_v = nn.Linear(dim_in, dim_out, bias_attr=None if qkv_bias else False)
+        self.proj_q = Linear(dim_in, dim_out, bias_attr=None if qkv_bias else False)
+        self.proj_k = Linear(dim_in, dim_out, bias_attr=None if qkv_bias else False)
+        self.proj_v = Linear(dim_in, dim_out, bias_attr=None if qkv_bias else False)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim_out, dim_out)
+        self.proj = Linear(dim_out, dim_out)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _split_heads(self, x):
-        return x.reshape([0, 0, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])  # (B, heads, T, d)
+        return x.reshape([0, 0, self.num_heads, self.head_dim])  # (B, T, heads, d), the layout SDPA takes
+
+    def _attend(self, q, k, v):
+        """softmax(scale q k^T) v per head, on and to (B, T, heads, d)."""
+        # Both paths scale q (T x d) rather than the scores (T x T'): the same product, a fraction of the work.
+        if use_fused_attn():
+            # SDPA applies head_dim ** -0.5 itself; passing `scale=` would switch flash off (Paddle 3.3),
+            # so q carries the rest of the official scale (exactly 1 for a single head).
+            q_scale = self.scale * self.head_dim ** 0.5
+            q = q if q_scale == 1.0 else q * q_scale
+            drop = self.attn_drop.p if self.training else 0.0
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, training=self.training)
+        q = (q * self.scale).transpose([0, 2, 1, 3])  # (B, heads, T, d)
+        k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
+        attn = self.attn_drop(F.softmax(paddle.matmul(q, k, transpose_y=True), axis=-1))
+        return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
 
     def forward(self, x, h: int, w: int):
         if self.with_cls_token:
-            cls_token, x = x[:, :1], x[:, 1:]
+            cls_token, x = paddle.split(x, [1, -1], axis=1)  # one op: its gradient is a concat, not two pads
         x = x.transpose([0, 2, 1]).reshape([0, 0, h, w])  # (B, C, H, W)
         q, k, v = self.conv_proj_q(x), self.conv_proj_k(x), self.conv_proj_v(x)
         if self.with_cls_token:  # the cls token bypasses the convolutional projection
@@ -133,9 +214,7 @@ class Attention(nn.Layer):
         q = self._split_heads(self.proj_q(q))
         k = self._split_heads(self.proj_k(k))
         v = self._split_heads(self.proj_v(v))
-        attn = F.softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1)
-        x = paddle.matmul(self.attn_drop(attn), v)  # (B, heads, T, d)
-        x = x.transpose([0, 2, 1, 3]).flatten(2)  # (B, T, C)
+        x = self._attend(q, k, v).flatten(2)  # (B, T, C)
         return self.proj_drop(self.proj(x))
 
 
@@ -203,7 +282,7 @@ class Stage(nn.Layer):
         for block in self.blocks:
             x = block(x, h, w)
         if self.cls_token is not None:
-            cls_token, x = x[:, :1], x[:, 1:]
+            cls_token, x = paddle.split(x, [1, -1], axis=1)
         x = x.transpose([0, 2, 1]).reshape([0, 0, h, w])  # (B, C, H, W)
         return x, cls_token
 
@@ -233,7 +312,7 @@ class ConvolutionalVisionTransformer(nn.Layer):
         self.num_features = dims[-1]
         self.use_cls_token = cls_tokens[-1]
         self.norm = nn.LayerNorm(dims[-1], epsilon=1e-5)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod

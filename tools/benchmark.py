@@ -258,12 +258,14 @@ def _model_spec(model_name: str, threads: int, model_dir: str, image: str) -> di
 
 def _export(spec: dict, with_onnx: bool, with_int8: bool) -> None:
     from datasets.transforms import resolve_data_cfg
+    from models.cvt import portable_attention
     from utils.deploy import export_inference_model
     model = _paddle_model(spec, training=False)
     crops = _photo_batch(spec, CALIB_CROPS) if spec['image'] else _random_batch(spec, CALIB_CROPS)[0]
     calib = list(crops[:, None]) if with_int8 else None
-    export_inference_model(model, spec['model_dir'], spec['model'], resolve_data_cfg(model.default_cfg),
-                           onnx=with_onnx, calib_batches=calib)
+    with portable_attention():  # as export_model.py: matmul/softmax in the graph on any device
+        export_inference_model(model, spec['model_dir'], spec['model'], resolve_data_cfg(model.default_cfg),
+                               onnx=with_onnx, calib_batches=calib)
 
 
 def _has_module(python: str, *modules: str) -> bool:
