@@ -220,3 +220,14 @@ def _importable(module: str) -> bool:
         return True
     except (ImportError, ValueError):  # paddle2onnx 2.x raises ValueError under Paddle 2.x
         return False
+
+
+@needs_sdpa_kernel
+def test_export_model_cli_traces_the_math_kernel(gpu_like_sdpa, tmp_path):
+    import export_model
+    weights = tmp_path / 'tiny.pdparams'
+    paddle.save(_tiny().state_dict(), str(weights))
+    # the fixture raises if the trace picks flash or memory-efficient attention, as a GPU would
+    assert export_model.main(['--model', 'cvt_tiny', '--pretrained', str(weights), '--num_classes',
+                              str(_tiny().num_classes), '--output', str(tmp_path / 'export')]) == 0
+    assert (tmp_path / 'export' / 'inference.yml').is_file()
