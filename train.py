@@ -217,8 +217,9 @@ def build_mixup(args, num_classes: int):
 
 def build_optimization(args, model, train_loader):
     """(model, optimizer, scheduler, amp, scaler); under O2 the model comes back with low-precision weights."""
-    optimizer = build_optimizer(model, args.opt, args.lr, args.weight_decay, tuple(args.opt_betas), args.opt_eps,
-                                args.momentum, args.clip_grad, args.clip_mode)
+    optimizer = build_optimizer(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                betas=tuple(args.opt_betas), eps=args.opt_eps, momentum=args.momentum,
+                                grad_clip=args.clip_grad, clip_mode=args.clip_mode)
     steps_per_epoch = train_loader.batch_sampler.num_batches // args.update_freq  # whole groups: build_loader
     scheduler = CosineScheduler(args.lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr,
                                 per_step=args.sched_on_updates, steps_per_epoch=steps_per_epoch)

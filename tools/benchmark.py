@@ -173,7 +173,7 @@ def _paddle_train_step(spec: dict, batch_size: int) -> Callable[[], float]:
     from utils.optim import build_optimizer
     x, y = _random_batch(spec, batch_size)
     model = _paddle_model(spec, training=True)
-    optimizer = build_optimizer(model, 'adamw', lr=TRAIN_LR, weight_decay=TRAIN_WEIGHT_DECAY)
+    optimizer = build_optimizer(model, opt='adamw', lr=TRAIN_LR, weight_decay=TRAIN_WEIGHT_DECAY)
     images, labels = paddle.to_tensor(x), paddle.to_tensor(y)
 
     def step():

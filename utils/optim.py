@@ -49,7 +49,7 @@ def _grad_clip(grad_clip: Optional[float], clip_mode: str):
     raise ValueError(f"clip_mode: expected 'norm' or 'value', got '{clip_mode}'")
 
 
-def build_optimizer(model: nn.Layer, opt: str = 'adamw', lr: float = 1e-3, weight_decay: float = 0.05,
+def build_optimizer(model: nn.Layer, *, opt: str = 'adamw', lr: float = 1e-3, weight_decay: float = 0.05,
                     betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.9,
                     grad_clip: Optional[float] = None, clip_mode: str = 'norm',
                     skip_names: Optional[Iterable[str]] = None) -> paddle.optimizer.Optimizer:

@@ -43,7 +43,7 @@ def test_skip_names_override(model):
 
 
 def test_adamw_decays_only_decay_group(model):
-    opt = build_optimizer(model, 'adamw', lr=0.1, weight_decay=0.5)
+    opt = build_optimizer(model, opt='adamw', lr=0.1, weight_decay=0.5)
     decay, no_decay = split_decay_params(model)
     before = {n: p.numpy().copy() for n, p in decay + no_decay}
     _zero_grad_step(model, opt)
@@ -54,7 +54,7 @@ def test_adamw_decays_only_decay_group(model):
 
 
 def test_sgd_decays_only_decay_group(model):
-    opt = build_optimizer(model, 'momentum', lr=0.1, weight_decay=0.5, momentum=0.9)
+    opt = build_optimizer(model, opt='momentum', lr=0.1, weight_decay=0.5, momentum=0.9)
     decay, no_decay = split_decay_params(model)
     before = {n: p.numpy().copy() for n, p in decay + no_decay}
     _zero_grad_step(model, opt)
@@ -64,7 +64,7 @@ def test_sgd_decays_only_decay_group(model):
 
 
 def test_lr_and_clip(model):
-    opt = build_optimizer(model, 'sgd', lr=1e-3, grad_clip=1.0)
+    opt = build_optimizer(model, opt='sgd', lr=1e-3, grad_clip=1.0)
     assert opt.get_lr() == pytest.approx(1e-3)
     opt.set_lr(5e-4)
     assert opt.get_lr() == pytest.approx(5e-4)
@@ -75,7 +75,7 @@ def test_lr_and_clip(model):
 
 def test_bad_arguments(model):
     with pytest.raises(ValueError, match="opt: expected"):
-        build_optimizer(model, 'lamb')
+        build_optimizer(model, opt='lamb')
     with pytest.raises(ValueError, match='clip_mode'):
         build_optimizer(model, grad_clip=1.0, clip_mode='max')
 
@@ -97,8 +97,8 @@ def test_group_sizes_logged(model):
 
 
 def test_adamw_after_sgd_on_same_model_has_no_l2(model):
-    build_optimizer(model, 'sgd', lr=0.1, weight_decay=0.5)
-    opt = build_optimizer(model, 'adamw', lr=0.1, weight_decay=0.0)
+    build_optimizer(model, opt='sgd', lr=0.1, weight_decay=0.5)
+    opt = build_optimizer(model, opt='adamw', lr=0.1, weight_decay=0.0)
     before = model.head.weight.numpy().copy()
     _zero_grad_step(model, opt)
     assert (model.head.weight.numpy() == before).all()  # a leftover L2Decay would have moved it
