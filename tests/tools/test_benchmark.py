@@ -54,6 +54,10 @@ def test_deployed_rows_and_refusals_on_cvt_tiny(tmp_path, capsys):
     """Every exported row runs (or is skipped with its reason) and gets an accuracy cost."""
     pytest.importorskip('openvino', reason='the OpenVINO rows need openvino')
     pytest.importorskip('nncf', reason='the int8 rows need nncf')
+    try:
+        import paddle2onnx  # noqa: F401  (OpenVINO reads the ONNX export)
+    except (ImportError, ValueError) as err:  # paddle2onnx 2.x refuses Paddle 2.x at import
+        pytest.skip(f'the OpenVINO rows need a working paddle2onnx: {str(err)[:80]}')
     image = tmp_path / 'photo.png'
     from PIL import Image
     import numpy as np
