@@ -2,9 +2,7 @@
 OpenVINO close to fp32, bf16 only where the CPU runs it, and one-line refusals (missing packages and
 models, int8 flags)."""
 import json
-import runpy
 import sys
-from pathlib import Path
 
 import numpy as np
 import paddle
@@ -24,13 +22,9 @@ from models import create_model  # noqa: E402
 from utils import deploy  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.deploy import build_predictor, graph_to_probs, read_inference_cfg  # noqa: E402
+from tests.scripts import one_line_error, script_main  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
-
-
-def _script_main(path: str):
-    return runpy.run_path(str(ROOT / path))['main']
 
 
 @pytest.fixture(scope='module')
@@ -45,7 +39,7 @@ def exported(tmp_path_factory):
         base = rng.randint(0, 256, (6, 6, 3), dtype=np.uint8)
         Image.fromarray(base).resize((72, 64), Image.BILINEAR).save(root / 'images' / f'{i}.png')
     out = root / 'inference'
-    assert _script_main('export_model.py')(['--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES), '--resume',
+    assert script_main('export_model.py')(['--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES), '--resume',
                                             str(root / 'ckpt.pd'), '--output', str(out), '--onnx', '--int8',
                                             '--calib_images', str(root / 'images'), '--calib_count', '4']) == 0
     return root, out
@@ -53,7 +47,7 @@ def exported(tmp_path_factory):
 
 def _infer(out, images, capsys, *flags):
     capsys.readouterr()
-    assert _script_main('infer.py')(['--model_dir', str(out), '--input_file', str(images), *flags]) == 0
+    assert script_main('infer.py')(['--model_dir', str(out), '--input_file', str(images), *flags]) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
@@ -70,7 +64,7 @@ def test_int8_export_writes_quantised_models_and_records_calibration(exported):
 def test_check_export_covers_openvino(exported, capsys):
     root, out = exported
     capsys.readouterr()
-    code = _script_main('tools/check_export.py')(['--model_dir', str(out), '--resume', str(root / 'ckpt.pd'),
+    code = script_main('tools/check_export.py')(['--model_dir', str(out), '--resume', str(root / 'ckpt.pd'),
                                                   '--images', str(root / 'images')])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0, report
@@ -111,12 +105,7 @@ def test_openvino_bf16_is_close_to_fp32(exported):
 
 
 def _infer_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(_script_main('infer.py'), argv)
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith('error: ') and len(err.splitlines()) == 1, err
-    return err
+    return one_line_error('infer.py', argv, capsys)
 
 
 def test_bf16_refused_where_openvino_has_no_bf16(exported, monkeypatch, capsys):
@@ -162,7 +151,7 @@ def test_int8_without_the_int8_model_names_the_export_flag(exported, tmp_path, c
 def test_int8_export_flag_errors(flags, expected, exported, tmp_path, capsys):
     root, _ = exported
     with pytest.raises(SystemExit):
-        run_main(_script_main('export_model.py'), ['--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES),
+        run_main(script_main('export_model.py'), ['--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES),
                                                    '--resume', str(root / 'ckpt.pd'), '--output',
                                                    str(tmp_path / 'x'), *flags])
     err = capsys.readouterr().err.strip()

@@ -2,7 +2,6 @@
 predict.py, fixed-batch and softmax graphs, atomic replacement, and one-line predictor errors."""
 import json
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from PIL import Image
 from datasets.transforms import resolve_data_cfg
 from models import create_model
 from utils import deploy
-from utils.cli import run_main
+from tests.scripts import one_line_error, script_main
 from utils.deploy import (build_predictor, check_onnx_export_available, export_inference_model, find_model_files,
                           read_inference_cfg)
 
@@ -30,10 +29,6 @@ def _model(seed: int):
     model = create_model('cvt_tiny', num_classes=NUM_CLASSES)
     model.eval()
     return model
-
-
-def _script_main(path: str):
-    return runpy.run_path(str(ROOT / path))['main']
 
 
 @pytest.fixture(scope='module')
@@ -83,7 +78,7 @@ def test_check_export_passes_on_real_images(export_dir, assets):
 
 
 def test_check_export_fails_against_other_weights(export_dir, assets, capsys):
-    code = _script_main('tools/check_export.py')(['--model_dir', str(export_dir), '--resume', str(assets / 'other.pd')])
+    code = script_main('tools/check_export.py')(['--model_dir', str(export_dir), '--resume', str(assets / 'other.pd')])
     assert code == 1
     assert 'FAIL' in capsys.readouterr().out
 
@@ -96,7 +91,7 @@ def test_infer_equals_predict_and_benchmarks(export_dir, assets, tmp_path, capsy
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'benchmark: 4 images, batch 3: preprocess' in proc.stdout and 'images/s' in proc.stdout
     inferred = json.loads(out.read_text())
-    assert _script_main('predict.py')(['--infer_imgs', str(assets / 'images'), '--model', 'cvt_tiny',
+    assert script_main('predict.py')(['--infer_imgs', str(assets / 'images'), '--model', 'cvt_tiny',
                                        '--num_classes', str(NUM_CLASSES), '--resume', str(assets / 'checkpoint.pd'),
                                        '--label_list', str(assets / 'labels.txt')]) == 0
     predicted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -169,12 +164,7 @@ def test_onnx_export_without_paddle2onnx_says_what_to_install(monkeypatch):
 
 
 def _infer_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(_script_main('infer.py'), argv)
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith('error: ') and len(err.splitlines()) == 1, err
-    return err
+    return one_line_error('infer.py', argv, capsys)
 
 
 def test_infer_model_dir_without_model(export_dir, assets, tmp_path, capsys):

@@ -1,7 +1,5 @@
 """ONNX export (paddle2onnx) and ONNX Runtime inference: parity with dygraph and with Paddle Inference."""
 import json
-import runpy
-from pathlib import Path
 
 import numpy as np
 import paddle
@@ -19,13 +17,9 @@ except ValueError as err:  # paddle2onnx 2.x refuses Paddle 2.x at import
 
 from models import create_model  # noqa: E402
 from utils.cli import run_main  # noqa: E402
+from tests.scripts import script_main  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
-
-
-def _script_main(path: str):
-    return runpy.run_path(str(ROOT / path))['main']
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +33,7 @@ def exported(tmp_path_factory):
     for i, shape in enumerate([(60, 80, 3), (64, 64, 3), (50, 70)]):
         Image.fromarray(rng.randint(0, 256, shape, dtype=np.uint8)).save(root / 'images' / f'{i}.jpg')
     out = root / 'inference'
-    assert _script_main('export_model.py')(['--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES), '--resume',
+    assert script_main('export_model.py')(['--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES), '--resume',
                                             str(root / 'ckpt.pd'), '--output', str(out), '--onnx']) == 0
     return root, out
 
@@ -48,7 +42,7 @@ def test_onnx_model_matches_dygraph(exported, capsys):
     root, out = exported
     assert (out / 'model.onnx').is_file()
     capsys.readouterr()
-    code = _script_main('tools/check_export.py')(['--model_dir', str(out), '--resume', str(root / 'ckpt.pd'),
+    code = script_main('tools/check_export.py')(['--model_dir', str(out), '--resume', str(root / 'ckpt.pd'),
                                                   '--images', str(root / 'images')])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0, report
@@ -61,7 +55,7 @@ def test_infer_onnxruntime_backend_equals_paddle_backend(exported, capsys):
     results = {}
     for backend in ('paddle', 'onnxruntime'):
         capsys.readouterr()
-        assert _script_main('infer.py')(['--model_dir', str(out), '--input_file', str(root / 'images'),
+        assert script_main('infer.py')(['--model_dir', str(out), '--input_file', str(root / 'images'),
                                          '--batch_size', '2', '--backend', backend]) == 0
         results[backend] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for a, b in zip(results['paddle'], results['onnxruntime']):
@@ -75,7 +69,7 @@ def test_onnxruntime_backend_without_model_onnx(exported, tmp_path, capsys):
         if (out / name).exists():
             (tmp_path / name).write_bytes((out / name).read_bytes())
     with pytest.raises(SystemExit):
-        run_main(_script_main('infer.py'), ['--model_dir', str(tmp_path), '--input_file', str(root / 'images'),
+        run_main(script_main('infer.py'), ['--model_dir', str(tmp_path), '--input_file', str(root / 'images'),
                                             '--backend', 'onnxruntime'])
     err = capsys.readouterr().err.strip()
     assert err == f'error: {tmp_path / "model.onnx"}: not found (export with export_model.py --onnx)'
