@@ -18,8 +18,8 @@ and SIGKILLs a rank still alive 30 s later. So:
   kills the worker, whereupon the parent's SIGCHLD handler raises `SystemError: DataLoader process ...
   is killed by signal: Terminated` in the middle of the step or the save; a second SIGTERM arriving
   inside that C++ handler deadlocks the worker on its shared-memory mutex, which is how workers are
-  left behind with PPID 1. They serve the parent until it ends them (`end_loader_workers`), and leave
-  on their own `WORKER_GRACE_S` after a SIGTERM if it never does (an orphan's ParentWatchDog exit
+  left behind with PPID 1. They serve the parent until it ends them (the loader's `shutdown_workers`,
+  which train.py calls as the run ends), and leave on their own `WORKER_GRACE_S` after a SIGTERM if it never does (an orphan's ParentWatchDog exit
   blocks flushing its result queue).
 
 Paddle installs a C++ handler for SIGTERM at import (the `FatalError: Termination signal` dump);
@@ -51,7 +51,7 @@ WORKER_GRACE_S = 60.0
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """DataLoader `worker_init_fn` (it runs after Paddle's worker signal setup): workers keep serving
-    through stop signals until their parent shuts them down with `end_loader_workers`."""
+    through stop signals until their parent shuts them down (`InlineReadDataLoader.shutdown_workers`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_sigterm)
@@ -69,17 +69,6 @@ def _worker_sigterm(signum: int, frame) -> None:
 
 
 _worker_exit_timer: Optional[threading.Timer] = None
-
-
-def end_loader_workers(batches) -> None:
-    """End the worker processes of a Paddle DataLoader iterator now (idempotent; nothing to do in-process).
-
-    Call it in a `finally` around the iteration: the engine stops mid-epoch on a stop request, and a
-    multi-process iterator left behind keeps its workers alive until interpreter exit.
-    """
-    shutdown = getattr(batches, '_try_shutdown_all', None)  # Paddle 2.6 and 3.x, multi-process iterators
-    if shutdown is not None:
-        shutdown()
 
 
 class PreemptionHandler:

@@ -11,7 +11,7 @@ import paddle
 import pytest
 
 from utils import preemption
-from utils.preemption import PreemptionHandler, end_loader_workers, ignore_stop_signals
+from utils.preemption import PreemptionHandler, ignore_stop_signals
 
 pytestmark = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX signals')
 
@@ -110,7 +110,7 @@ def test_loader_workers_serve_through_a_sigterm_until_ended():
         time.sleep(0.5)
         assert next(batches).numpy()[:, 0].tolist() == [2, 3]  # no SystemError: the next batch, in order
     finally:
-        end_loader_workers(batches)
+        batches._try_shutdown_all()  # what the loader's shutdown_workers() calls
     assert _loader_workers() == []
 
 
@@ -127,4 +127,4 @@ def test_loader_workers_leave_on_their_own_if_never_ended(monkeypatch):
             worker.join(timeout=20)
         assert [worker.exitcode for worker in workers] == [0, 0]
     finally:
-        end_loader_workers(batches)
+        batches._try_shutdown_all()  # what the loader's shutdown_workers() calls
