@@ -8,22 +8,20 @@ every image.
 With --model_dir the export is scored as deployed: its graph on the chosen backend and precision, with
 the preprocessing stored in its inference.yml, counted exactly as the checkpoint eval counts.
 """
-from utils.env import configure_cpu_runtime
+import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 
-configure_cpu_runtime()
+import argparse
+from typing import Optional, Sequence
 
-import argparse  # noqa: E402
-from typing import Optional, Sequence  # noqa: E402
-
-from datasets.imagenet import build_dataset  # noqa: E402
-from datasets.loader import build_loader  # noqa: E402
-from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
-from utils.amp import AmpConfig  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-from utils.deploy import BACKENDS, PredictorAsModel, build_predictor, read_inference_cfg  # noqa: E402
-from utils.distributed import init_distributed, is_main_process  # noqa: E402
-from utils.evaluation import evaluate  # noqa: E402
-from utils.inference import add_weight_args, check_amp, load_model, script_parser, report  # noqa: E402
+from cli import add_weight_args, check_amp, load_model, report, run_main, script_parser
+from datasets.imagenet import build_dataset
+from datasets.loader import build_loader
+from datasets.transforms import build_transform, resolve_data_cfg
+from utils.amp import AmpConfig
+from utils.deploy import BACKENDS, PredictorAsModel, build_predictor, read_inference_cfg
+from utils.distributed import init_distributed, is_main_process
+from utils.env import cpu_threads
+from utils.evaluation import evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help='onnxruntime and openvino run EXPORT/model.onnx (export_model.py --onnx)')
     deployed.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'int8'),
                           help='int8: the export_model.py --int8 model; bf16: openvino on a CPU with bf16 math')
-    deployed.add_argument('--cpu_threads', type=int, default=configure_cpu_runtime(), help='CPU math threads')
+    deployed.add_argument('--cpu_threads', type=int, default=cpu_threads(), help='CPU math threads')
     run = parser.add_argument_group('run')
     run.add_argument('--amp', action='store_true', help='autocast (CUDA only), in --amp_dtype')
     run.add_argument('--amp_dtype', default='float16', choices=('float16', 'bfloat16'), help='autocast dtype')
@@ -68,7 +66,7 @@ def _deployed_model(args):
     cfg = read_inference_cfg(args.model_dir)
     data_cfg = resolve_data_cfg(cfg['preprocess'], crop_pct=args.crop_pct, crop_mode=args.crop_mode,
                                 interpolation=args.interpolation)
-    run = build_predictor(args.model_dir, cfg, args.backend, max_batch_size=args.batch_size,
+    run = build_predictor(args.model_dir, cfg, backend=args.backend, max_batch_size=args.batch_size,
                           cpu_threads=args.cpu_threads, precision=args.precision)
     return PredictorAsModel(run, cfg), data_cfg, cfg
 

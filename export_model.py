@@ -5,20 +5,18 @@
         --int8 --calib_images DATA/val --calib_count 300
     python infer.py --model_dir inference/cvt_13 --input_file demo/
 """
-from utils.env import configure_cpu_runtime
+import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 
-configure_cpu_runtime()
+import argparse
+import json
+from typing import Optional, Sequence
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-from typing import Optional, Sequence  # noqa: E402
-
-from datasets.transforms import resolve_data_cfg  # noqa: E402
-from models.cvt import portable_attention  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-from utils.deploy import check_onnx_export_available, check_output_dir, export_inference_model  # noqa: E402
-from utils.inference import add_weight_args, label_names_for, load_model, script_parser  # noqa: E402
-from utils.quantize import calibration_batches, check_int8_export_available  # noqa: E402
+from cli import add_weight_args, find_images, label_names_for, load_model, preprocess, run_main, script_parser
+from datasets.transforms import build_transform, resolve_data_cfg
+from models.cvt import portable_attention
+from models.export_rewrites import rewrite_for_export
+from utils.deploy import check_onnx_export_available, check_output_dir, export_inference_model
+from utils.quantize import check_int8_export_available, spread_evenly
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +55,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
     data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size)
     label_names = label_names_for(model.num_classes, args.label_list)
-    calib_batches = calibration_batches(args.calib_images, data_cfg, args.calib_count) if args.int8 else None
+    calib_batches = None
+    if args.int8:  # one (1, 3, H, W) batch per image, preprocessed exactly as inference.yml says
+        transform = build_transform(is_train=False, **data_cfg)
+        calib_batches = [preprocess([path], transform)
+                         for path in spread_evenly(find_images([args.calib_images]), args.calib_count)]
     with portable_attention():  # matmul/softmax in the graph, whatever device traces it
-        files = export_inference_model(model, args.output, args.model, data_cfg, batch_size=args.batch_size,
+        files = export_inference_model(rewrite_for_export(model), args.output, args.model, data_cfg, batch_size=args.batch_size,
                                        with_softmax=args.with_softmax, label_names=label_names, onnx=args.onnx,
                                        calib_batches=calib_batches)
     print(json.dumps({'output': args.output, 'files': files, 'model': args.model,

@@ -6,12 +6,7 @@
 a path, URL or tag string loads that instead; `False` (the default) leaves the weights initialised.
 Other keywords (num_classes, drop_path_rate, ...) go to the model, as with models.create_model.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from models import create_model, list_models  # noqa: E402
+from models import create_model, list_models  # paddle.hub puts this folder on sys.path while it loads
 
 dependencies = ['paddle', 'numpy']
 

@@ -4,19 +4,17 @@ labels come from the export folder's inference.yml.
     python infer.py --model_dir inference/cvt_13 --input_file demo/ --benchmark
     python infer.py --model_dir inference/cvt_13 --input_file demo/ --backend openvino --precision int8
 """
-from utils.env import configure_cpu_runtime
+import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 
-configure_cpu_runtime()
+import argparse
+import time
+from typing import Optional, Sequence
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-from typing import Optional, Sequence  # noqa: E402
-
-from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-from utils.config import add_bool  # noqa: E402
-from utils.deploy import BACKENDS, PRECISIONS, build_predictor, graph_to_probs, read_inference_cfg  # noqa: E402
-from utils.inference import batches, find_images, preprocess, script_parser, topk_results, report  # noqa: E402
+from cli import batches, find_images, preprocess, report, run_main, script_parser, topk_results
+from datasets.transforms import build_transform, resolve_data_cfg
+from utils.config import add_bool
+from utils.deploy import BACKENDS, PRECISIONS, build_predictor, graph_to_probs, read_inference_cfg
+from utils.env import cpu_threads
 
 WARMUP_RUNS = 3
 
@@ -41,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help='onnxruntime and openvino run DIR/model.onnx (export_model.py --onnx)')
     dev.add_argument('--use_gpu', action='store_true', help='run on GPU 0 (needs a CUDA build)')
     add_bool(dev, 'enable_mkldnn', True, 'oneDNN kernels on CPU')
-    dev.add_argument('--cpu_threads', type=int, default=configure_cpu_runtime(), help='CPU math threads')
+    dev.add_argument('--cpu_threads', type=int, default=cpu_threads(), help='CPU math threads')
     dev.add_argument('--precision', default='fp32', choices=PRECISIONS,
                      help='int8: DIR/model_int8.onnx (export_model.py --int8) on onnxruntime/openvino, or '
                           'TensorRT; bf16: openvino on a CPU with bf16 math; fp16: --use_gpu')
@@ -67,9 +65,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data_cfg = resolve_data_cfg(cfg['preprocess'], crop_pct=args.crop_pct, crop_mode=args.crop_mode,
                                 interpolation=args.interpolation)
     transform = build_transform(is_train=False, **data_cfg)
-    run = build_predictor(args.model_dir, cfg, args.backend, args.model_file, args.params_file, args.batch_size,
-                          args.use_gpu, args.enable_mkldnn, args.cpu_threads, args.precision, args.use_tensorrt,
-                          args.ir_optim)
+    run = build_predictor(args.model_dir, cfg, backend=args.backend, model_file=args.model_file,
+                          params_file=args.params_file, max_batch_size=args.batch_size, use_gpu=args.use_gpu,
+                          enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads, precision=args.precision,
+                          use_tensorrt=args.use_tensorrt, ir_optim=args.ir_optim)
     chunks = batches(files, args.batch_size)
     if args.benchmark:
         warmup = preprocess(chunks[0], transform)

@@ -2,20 +2,17 @@
 
     python predict.py --infer_imgs demo/ photo.jpg 'more/*.png' --model cvt_13_224x224 --pretrained cvt_13_224x224
 """
-from utils.env import configure_cpu_runtime
+import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 
-configure_cpu_runtime()
+import argparse
+from typing import Optional, Sequence
 
-import argparse  # noqa: E402
-from typing import Optional, Sequence  # noqa: E402
+import paddle
+import paddle.nn.functional as F
 
-import paddle  # noqa: E402
-import paddle.nn.functional as F  # noqa: E402
-
-from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-from utils.inference import (add_weight_args, batches, check_amp, find_images, label_names_for,  # noqa: E402
-                             load_model, preprocess, script_parser, topk_results, report)
+from cli import (add_weight_args, batches, check_amp, find_images, label_names_for, load_model, preprocess, report,
+                run_main, script_parser, topk_results)
+from datasets.transforms import build_transform, resolve_data_cfg
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,42 +6,38 @@
 A run writes to OUTPUT/EXPERIMENT: args.yaml, train.log, log.txt (one JSON line per epoch) and
 checkpoint-latest/best/best-ema/<epoch>.pd; re-running the same command resumes from checkpoint-latest.
 """
+import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
+
 import contextlib
 import os
-import sys
 import time
 from typing import Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from utils.env import configure_cpu_runtime  # noqa: E402
+import paddle
 
-configure_cpu_runtime()
-
-import paddle  # noqa: E402
-
-from datasets.imagenet import build_dataset  # noqa: E402
-from datasets.loader import build_loader  # noqa: E402
-from datasets.mixup import Mixup  # noqa: E402
-from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
-from engine import NonFiniteLossError, StopRequested, TrainState, train_one_epoch  # noqa: E402
-from models import create_model  # noqa: E402
-from utils.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager, RunLock,  # noqa: E402
+from cli import run_main
+from datasets.imagenet import build_dataset
+from datasets.loader import build_loader
+from datasets.mixup import Mixup
+from datasets.transforms import build_transform, resolve_data_cfg
+from engine import NonFiniteLossError, StopRequested, TrainState, train_one_epoch
+from models import create_model
+from utils.amp import AmpConfig, build_grad_scaler, decorate_o2
+from utils.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager, RunLock,
                               TrainingCheckpoint, differing_settings, load_training_state)
-from utils.amp import AmpConfig, build_grad_scaler, decorate_o2  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-from utils.config import build_train_parser, dump_config, parse_args  # noqa: E402
-from utils.distributed import (broadcast_buffers, init_distributed, unwrap_model,  # noqa: E402
+from utils.config import build_train_parser, dump_config, parse_args
+from utils.distributed import (broadcast_buffers, init_distributed, unwrap_model,
                                weights_agree_across_ranks)
-from utils.ema import ModelEma  # noqa: E402
-from utils.env import seed_everything  # noqa: E402
-from utils.evaluation import evaluate  # noqa: E402
-from utils.logger import get_logger, log_json, setup_logger, truncate_json_log  # noqa: E402
-from utils.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
-from utils.optim import build_optimizer  # noqa: E402
-from utils.preemption import EXIT_PREEMPTED, PreemptionHandler  # noqa: E402
-from utils.scheduler import CosineScheduler, scale_lr  # noqa: E402
-from utils.trackers import build_trackers  # noqa: E402
-from utils.weights import load_weights  # noqa: E402
+from utils.ema import ModelEma
+from utils.env import seed_everything
+from utils.evaluation import evaluate
+from utils.logger import get_logger, log_json, setup_logger, truncate_json_log
+from utils.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from utils.optim import build_optimizer
+from utils.preemption import EXIT_PREEMPTED, PreemptionHandler
+from utils.scheduler import CosineScheduler, scale_lr
+from utils.trackers import build_trackers
+from utils.weights import load_weights
 
 _logger = get_logger('train')
 

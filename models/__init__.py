@@ -1,9 +1,7 @@
 """CvT model zoo: `create_model(name, pretrained=None, **overrides)` and `list_models()`."""
-from utils.env import configure_cpu_runtime
+import utils.env  # noqa: F401  (first: CPU threads before paddle loads)
 
-configure_cpu_runtime()
-
-from .registry import create_model, list_models, get_model_cfg  # noqa: E402
-from . import cvt  # noqa: E402,F401  (registers the variants)
+from . import cvt  # noqa: F401  (registers the variants)
+from .registry import create_model, get_model_cfg, list_models
 
 __all__ = ['create_model', 'list_models', 'get_model_cfg']

@@ -1,13 +1,12 @@
-"""Test session setup: CPU threads before paddle loads, repo root importable, shared paths."""
+"""Test session setup: CPU threads before paddle loads, repo root and tools importable, shared paths."""
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / 'tools'))  # a tool's first import, `_bootstrap`, as when it runs as a script
 
-from utils.env import configure_cpu_runtime  # noqa: E402
-
-configure_cpu_runtime()
+import utils.env  # noqa: E402,F401  (as the scripts: threads, Pillow and a quiet paddle import)
 
 import pytest  # noqa: E402
 

@@ -23,9 +23,7 @@ from typing import Dict, Iterable, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from utils.env import configure_cpu_runtime  # noqa: E402  (as the scripts: threads, and Pillow before paddle)
-
-configure_cpu_runtime()
+import utils.env  # noqa: E402,F401  (as the scripts: threads, Pillow and a quiet paddle import)
 
 import paddle  # noqa: E402
 import paddle.amp.grad_scaler as paddle_grad_scaler  # noqa: E402
@@ -203,5 +201,5 @@ def run_train_with_faults(argv, faults: dict) -> int:
 
 
 if __name__ == '__main__':
-    from utils.cli import run_main
+    from cli import run_main
     run_main(lambda argv: run_train_with_faults(argv, json.loads(os.environ.get(FAULTS_ENV, '{}'))))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.cli import run_main
+from cli import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 

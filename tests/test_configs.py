@@ -71,10 +71,3 @@ def test_finetune_recipes_leave_placeholders_to_fill():
     assert custom['finetune'] is None and custom['num_classes'] is None
     assert _load('finetune_custom').model == 'cvt_13_224x224'
 
-
-def test_demo_recipe_is_light_and_cpu_friendly():
-    args = _load('cvt_tiny_demo')
-    assert (args.model, args.num_classes, args.input_size, args.lr) == ('cvt_tiny', 10, 64, 1e-3)
-    assert args.amp is False and args.model_ema is False and args.aa is None
-    assert (args.mixup, args.cutmix, args.reprob, args.hflip) == (0.0, 0.0, 0.0, 0.0)
-    assert args.epochs <= 10 and args.num_workers == 2

@@ -20,7 +20,7 @@ except (ImportError, ValueError) as err:  # paddle2onnx 2.x refuses Paddle 2.x a
 
 from models import create_model  # noqa: E402
 from utils import deploy  # noqa: E402
-from utils.cli import run_main  # noqa: E402
+from cli import run_main  # noqa: E402
 from utils.deploy import build_predictor, graph_to_probs, read_inference_cfg  # noqa: E402
 from tests.scripts import one_line_error, script_main  # noqa: E402
 
@@ -76,8 +76,8 @@ def test_int8_runs_close_to_fp32(exported, backend):
     root, out = exported
     cfg = read_inference_cfg(str(out))
     batch = np.random.RandomState(1).standard_normal((2, 3, 64, 64)).astype(np.float32) * 0.5
-    fp32 = graph_to_probs(build_predictor(str(out), cfg, 'onnxruntime')(batch), cfg)
-    int8 = graph_to_probs(build_predictor(str(out), cfg, backend, precision='int8')(batch), cfg)
+    fp32 = graph_to_probs(build_predictor(str(out), cfg, backend='onnxruntime')(batch), cfg)
+    int8 = graph_to_probs(build_predictor(str(out), cfg, backend=backend, precision='int8')(batch), cfg)
     assert int8.shape == fp32.shape
     assert np.abs(int8 - fp32).max() < 0.05  # int8 rounding, not a different model
     assert not np.array_equal(int8, fp32)  # the quantised graph really ran
@@ -99,8 +99,8 @@ def test_openvino_bf16_is_close_to_fp32(exported):
     _, out = exported
     cfg = read_inference_cfg(str(out))
     batch = np.random.RandomState(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    fp32 = graph_to_probs(build_predictor(str(out), cfg, 'openvino')(batch), cfg)
-    bf16 = graph_to_probs(build_predictor(str(out), cfg, 'openvino', precision='bf16')(batch), cfg)
+    fp32 = graph_to_probs(build_predictor(str(out), cfg, backend='openvino')(batch), cfg)
+    bf16 = graph_to_probs(build_predictor(str(out), cfg, backend='openvino', precision='bf16')(batch), cfg)
     assert np.abs(bf16 - fp32).max() < 0.05
 
 

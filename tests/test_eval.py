@@ -159,7 +159,7 @@ def test_eval_of_the_export_equals_the_checkpoint_eval(digits, backend, tmp_path
 
 
 def test_eval_of_the_export_refuses_weight_flags(digits, capsys):
-    from utils.cli import run_main
+    from cli import run_main
     main = runpy.run_path(str(ROOT / 'eval.py'))['main']
     with pytest.raises(SystemExit):
         run_main(main, [str(digits / 'data'), '--model_dir', str(digits / 'export'), '--resume', 'x.pd'])

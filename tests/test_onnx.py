@@ -16,7 +16,7 @@ except ValueError as err:  # paddle2onnx 2.x refuses Paddle 2.x at import
     pytest.skip(f'paddle2onnx cannot run with Paddle {paddle.__version__}: {str(err)[:80]}', allow_module_level=True)
 
 from models import create_model  # noqa: E402
-from utils.cli import run_main  # noqa: E402
+from cli import run_main  # noqa: E402
 from tests.scripts import script_main  # noqa: E402
 
 NUM_CLASSES = 3

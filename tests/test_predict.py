@@ -14,8 +14,8 @@ from PIL import Image
 from datasets.transforms import build_transform, resolve_data_cfg
 from models import create_model
 from models.cvt import ConvolutionalVisionTransformer
-from utils.cli import run_main
-from utils.inference import find_images, label_names_for
+from cli import run_main
+from cli import find_images, label_names_for
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3

@@ -133,7 +133,7 @@ def _paddle_predict(backend: str, spec: dict, x) -> Callable[[], object]:
         return run
     from utils.deploy import build_predictor, read_inference_cfg
     runtime, precision, onednn = DEPLOYED[backend]
-    predictor = build_predictor(spec['model_dir'], read_inference_cfg(spec['model_dir']), runtime,
+    predictor = build_predictor(spec['model_dir'], read_inference_cfg(spec['model_dir']), backend=runtime,
                                 max_batch_size=len(x), enable_mkldnn=onednn, cpu_threads=spec['threads'],
                                 precision=precision)
     return lambda: predictor(x)
@@ -144,7 +144,7 @@ def _image_probs(backend: str, spec: dict) -> Optional[List[float]]:
     whose random weights are not ours."""
     if backend == REFERENCE or not spec['image']:
         return None
-    from utils.inference import softmax
+    from utils.deploy import softmax
     return softmax(_paddle_predict(backend, spec, _photo_batch(spec))()).reshape(-1).tolist()
 
 
@@ -153,7 +153,7 @@ def _photo_batch(spec: dict, crops: int = 0):
     import numpy as np
     from datasets.transforms import build_transform, resolve_data_cfg
     from models import create_model
-    from utils.inference import read_image
+    from cli import read_image
     transform = build_transform(is_train=False, **resolve_data_cfg(create_model(spec['model']).default_cfg))
     image = read_image(spec['image'])
     if not crops:
@@ -259,12 +259,13 @@ def _model_spec(model_name: str, threads: int, model_dir: str, image: str) -> di
 def _export(spec: dict, with_onnx: bool, with_int8: bool) -> None:
     from datasets.transforms import resolve_data_cfg
     from models.cvt import portable_attention
+    from models.export_rewrites import rewrite_for_export
     from utils.deploy import export_inference_model
     model = _paddle_model(spec, training=False)
     crops = _photo_batch(spec, CALIB_CROPS) if spec['image'] else _random_batch(spec, CALIB_CROPS)[0]
     calib = list(crops[:, None]) if with_int8 else None
     with portable_attention():  # as export_model.py: matmul/softmax in the graph on any device
-        export_inference_model(model, spec['model_dir'], spec['model'], resolve_data_cfg(model.default_cfg),
+        export_inference_model(rewrite_for_export(model), spec['model_dir'], spec['model'], resolve_data_cfg(model.default_cfg),
                                onnx=with_onnx, calib_batches=calib)
 
 
@@ -351,8 +352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         spec = json.loads(args.worker_args)
         print(json.dumps(run_worker(args.mode, args.worker, spec, args.batch_sizes, args.warmup, args.iters)))
         return 0
-    from utils.env import configure_cpu_runtime
-    configure_cpu_runtime()
+    import utils.env  # noqa: F401  (here, not above: the torch-side workers of this script run without paddle)
     plan = _available(args)
     image = args.image if os.path.isfile(args.image) else None
     if not image and args.mode == 'infer':
@@ -380,11 +380,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        for k, (d, same) in accuracy.items()},
                   median_seconds={k: {str(b): v for b, v in t.items()} for k, t in results.items()},
                   images_per_second={k: {str(b): b / v for b, v in t.items()} for k, t in results.items()})
-    from utils.inference import report  # deferred: workers of this script must not import paddle early
+    from cli import report  # deferred: workers of this script must not import paddle early
     report(record, args.output_json)
     return 0
 
 
 if __name__ == '__main__':
-    from utils.cli import run_main
+    from cli import run_main
     run_main(main)

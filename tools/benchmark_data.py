@@ -17,27 +17,20 @@ The loader rows time whole passes of build_loader: uint8 or float32 through shar
 (--transfer), persistent or, with --fresh_workers, new workers every pass, with the shared-memory
 bytes per batch; timm's create_loader (uint8, persistent workers) is timed next to them.
 """
+import _bootstrap  # noqa: F401  (first: repo root on sys.path, then utils.env)
+
+import argparse
+import json
 import os
+import random
+import subprocess
 import sys
+import tempfile
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from utils.env import configure_cpu_runtime  # noqa: E402
-
-configure_cpu_runtime()
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple  # noqa: E402
-
-import numpy as np  # noqa: E402
-from PIL import Image, ImageEnhance  # noqa: E402
-
-from utils.cli import run_main  # noqa: E402
+import numpy as np
+from PIL import Image, ImageEnhance
 
 # Everything below the imports above stays importable without paddle: the timm side runs this
 # file under a python that has torch and timm but not our requirements.
@@ -593,10 +586,11 @@ def main(argv=None) -> int:
     print(format_table([r for r in result['rows'] if r['pipeline'] != 'train_loader']))
     if loader_rows:
         print(format_loader_table(loader_rows))
-    from utils.inference import report  # deferred: the timm side imports this file without paddle
+    from cli import report  # deferred: the timm side imports this file without paddle
     report(result, args.json)
     return 0
 
 
 if __name__ == '__main__':
+    from cli import run_main  # here, not above: the timm side imports this file without paddle
     run_main(main)

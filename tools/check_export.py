@@ -6,28 +6,22 @@ Compares Paddle Inference, and ONNX Runtime and OpenVINO (those installed) when 
 exits 1 on any failure.
 Top-5 ids must be identical, except two classes whose reference probabilities tie within --atol may swap.
 """
+import _bootstrap  # noqa: F401  (first: repo root on sys.path, then utils.env)
+
+import argparse
+import importlib.util
+import json
 import os
-import sys
+from typing import Callable, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `python tools/check_export.py`
+import numpy as np
+import paddle
 
-from utils.env import configure_cpu_runtime  # noqa: E402
-
-configure_cpu_runtime()
-
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-from typing import Callable, List, Optional, Sequence, Tuple  # noqa: E402
-
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-
-from datasets.transforms import build_transform, resolve_data_cfg  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-from utils.config import add_bool  # noqa: E402
-from utils.deploy import ONNX_FILE, build_predictor, graph_to_probs, read_inference_cfg  # noqa: E402
-from utils.inference import add_weight_args, find_images, load_model, preprocess, script_parser, softmax  # noqa: E402
+from cli import add_weight_args, find_images, load_model, preprocess, run_main, script_parser
+from datasets.transforms import build_transform, resolve_data_cfg
+from utils.config import add_bool
+from utils.deploy import ONNX_FILE, build_predictor, graph_to_probs, read_inference_cfg, softmax
+from utils.env import cpu_threads
 
 TOPK = 5
 NUM_RANDOM_IMAGES = 4
@@ -41,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f'images, folders or globs (default: {NUM_RANDOM_IMAGES} seeded random-pixel images)')
     parser.add_argument('--atol', type=float, default=1e-5, help='largest allowed |probability difference|')
     add_bool(parser, 'enable_mkldnn', True, 'oneDNN kernels in the Paddle predictor, as infer.py uses by default')
-    parser.add_argument('--cpu_threads', type=int, default=configure_cpu_runtime(), help='CPU math threads')
+    parser.add_argument('--cpu_threads', type=int, default=cpu_threads(), help='CPU math threads')
     parser.add_argument('--debug', action='store_true', help='full traceback on errors')
     return parser
 
@@ -72,14 +66,14 @@ def compare(reference: np.ndarray, probs: np.ndarray, atol: float) -> Tuple[floa
 
 def predictors(args, cfg: dict, batch_size: int) -> List[Tuple[str, Callable[[np.ndarray], np.ndarray]]]:
     """Paddle Inference, plus ONNX Runtime and OpenVINO when the folder holds model.onnx."""
-    found = [('paddle', build_predictor(args.model_dir, cfg, 'paddle', max_batch_size=batch_size,
+    found = [('paddle', build_predictor(args.model_dir, cfg, backend='paddle', max_batch_size=batch_size,
                                         enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads))]
     if os.path.isfile(os.path.join(args.model_dir, ONNX_FILE)):
         for backend in ('onnxruntime', 'openvino'):
             if importlib.util.find_spec(backend) is None:
                 print(f'{backend}: skipped, {ONNX_FILE} present but {backend} is not installed')
             else:
-                found.append((backend, build_predictor(args.model_dir, cfg, backend, cpu_threads=args.cpu_threads)))
+                found.append((backend, build_predictor(args.model_dir, cfg, backend=backend, cpu_threads=args.cpu_threads)))
     return found
 
 

@@ -6,25 +6,19 @@
 SRC is a path, an http(s) URL or a known tag (utils/weights.py PRETRAINED_URLS). The result is
 verified by loading it strictly into the named model before it is written; no torch is needed.
 """
-import os
-import sys
+import _bootstrap  # noqa: F401  (first: repo root on sys.path, then utils.env)
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import argparse
+import json
+import logging
 
-from utils.env import configure_cpu_runtime  # noqa: E402
-
-configure_cpu_runtime()
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-
-from models import create_model  # noqa: E402
-from utils.weights import load_weights, save_state_dict  # noqa: E402
+from cli import run_main, script_parser
+from models import create_model
+from utils.weights import load_weights, save_state_dict
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser('tools/convert_weights.py', __doc__)
     parser.add_argument('src', help='weight file, http(s) URL or known tag')
     parser.add_argument('dst', help='output .pdparams path')
     parser.add_argument('--model', required=True, help='registered model name, e.g. cvt_13_224x224')
@@ -48,17 +42,9 @@ def convert(args: argparse.Namespace) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format='%(message)s')
-    try:
-        summary = convert(args)
-    except (ValueError, KeyError, OSError) as err:
-        if args.debug:
-            raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f'error: {message}', file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
+    print(json.dumps(convert(args)))
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_main(main)

@@ -6,7 +6,8 @@ predict.py, export_model.py, infer.py and the export parity check, draws the cur
 summary. Every step is the command a user would type, printed before it runs. Re-running reuses
 what exists: the dataset is kept and training resumes from (or stops at) its last checkpoint.
 """
-import argparse
+import _bootstrap  # noqa: F401  (first: repo root on sys.path, then utils.env)
+
 import importlib.util
 import json
 import os
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import time
 from typing import List, Optional
+
+from cli import run_main, script_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'configs/train/cvt/cvt_tiny_demo.yaml'
@@ -48,8 +51,7 @@ def deployed_line(deployed: dict, checkpoint_acc1: float) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = script_parser('tools/demo.py', __doc__)
     parser.add_argument('--data', default='data/digits', help='where the demo dataset is written')
     parser.add_argument('--output', default='output/demo', help='runs root for the demo')
     parser.add_argument('--nproc', type=int, default=min(2, os.cpu_count() or 1),
@@ -121,6 +123,4 @@ next, on real data (ImageNet layout: DATA/train/<class>/*, DATA/val/<class>/*):
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, ROOT)
-    from utils.cli import run_main
     run_main(main)

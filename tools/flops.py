@@ -7,22 +7,16 @@ One multiply-add is one "FLOP" (the paper's Table 2: 4.5G for CvT-13 at 224): th
 embeddings and depthwise projections), every Linear, and the two attention products q k^T and attn v.
 Norms, activations, softmax and additions are left out, as in the paper's count.
 """
-import argparse
-import os
-import sys
+import _bootstrap  # noqa: F401  (first: repo root on sys.path, then utils.env)
+
 from typing import Dict, Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.env import configure_cpu_runtime  # noqa: E402
+import numpy as np
+import paddle
 
-configure_cpu_runtime()
-
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-
-from models import create_model, list_models  # noqa: E402
-from models.cvt import Attention  # noqa: E402
-from utils.cli import run_main  # noqa: E402
+from cli import run_main, script_parser
+from models import create_model, list_models
+from models.cvt import Attention
 
 PAPER_GFLOPS = {'cvt_13_224x224': 4.5, 'cvt_13_384x384': 16.3, 'cvt_21_224x224': 7.1, 'cvt_21_384x384': 24.9,
                 'cvt_w24_384x384': 193.2}
@@ -81,7 +75,7 @@ def measure(name: str, input_size: Optional[int] = None) -> Dict[str, float]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='tools/flops.py', description=__doc__.splitlines()[0])
+    parser = script_parser('tools/flops.py', __doc__)
     parser.add_argument('--model', nargs='+', default=list(PAPER_GFLOPS), choices=list_models(), metavar='NAME',
                         help='registered model names (default: the five paper variants)')
     parser.add_argument('--input_size', type=int, help="square input side (default: each variant's own)")

@@ -9,13 +9,16 @@ Layout written (the same as ImageNet in folder and list form):
     OUT/train_list.txt  OUT/val_list.txt  (`train/digit_3/0007.png 3` per line)
     OUT/labels.txt                        (`3 three` per line)
 """
-import argparse
+import _bootstrap  # noqa: F401  (first: repo root on sys.path, then utils.env)
+
 import os
-import sys
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
+
+from cli import run_main, script_parser
+from utils.fileio import atomic_write
 
 NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 DONE_MARKER = '.complete'
@@ -63,10 +66,8 @@ def write_digits_dataset(out_dir: str, image_size: int = 32, val_fraction: float
 
 
 def _write_lines(path: str, lines: Sequence[str]) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
+    with atomic_write(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
         f.write(''.join(line + '\n' for line in lines))
-    os.replace(tmp, path)
 
 
 def _counts(out_dir: str) -> dict:
@@ -78,8 +79,7 @@ def _counts(out_dir: str) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = script_parser('tools/make_demo_dataset.py', __doc__)
     parser.add_argument('output', help='folder to write (created)')
     parser.add_argument('--image_size', type=int, default=32, help='side of the written PNGs (upscaled bicubic)')
     parser.add_argument('--val_fraction', type=float, default=0.2, help='share of each class held out for val')
@@ -94,6 +94,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from utils.cli import run_main
     run_main(main)

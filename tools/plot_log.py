@@ -7,17 +7,15 @@ Three panels over the logged epoch: train (and test) loss, val top-1/top-5 (and 
 on a log scale. Runs overlay in one colour each. Epochs without eval (--eval_freq > 1) simply have no eval
 points. Needs matplotlib (optional extra); paddle is not imported.
 """
+import _bootstrap  # noqa: F401  (first: repo root on sys.path, then utils.env)
+
+import json
+import math
 import os
-import sys
+from typing import List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-from typing import List, Optional, Sequence, Tuple  # noqa: E402
-
-from utils.cli import run_main  # noqa: E402
+from cli import run_main, script_parser
+from utils.fileio import atomic_write
 
 LOG_NAME = 'log.txt'
 DEFAULT_PNG = 'curves.png'
@@ -143,22 +141,12 @@ def _run_label(name: str, records: Sequence[dict]) -> str:
 
 
 def _save_atomic(fig, out_path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = f'{out_path}.{os.getpid()}.tmp'  # same folder, so os.replace is atomic
-    try:
-        with open(tmp, 'wb') as f:
-            fig.savefig(f, format='png')
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(out_path) as tmp, open(tmp, 'wb') as f:
+        fig.savefig(f, format='png')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = script_parser('tools/plot_log.py', __doc__)
     parser.add_argument('runs', nargs='+', metavar='OUTPUT_DIR', help='run folder(s) holding log.txt (or the file)')
     parser.add_argument('--out', default=None, help=f'PNG to write; None means <first OUTPUT_DIR>/{DEFAULT_PNG}')
     parser.add_argument('--title', default=None, help='figure title')

@@ -35,6 +35,32 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors; an unknown flag is reported first (before missing required ones) and
+    names the closest valid flag, as unknown YAML keys do, instead of the full usage text."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        tokens = sys.argv[1:] if args is None else list(args)
+        flags = [s for action in self._actions for s in action.option_strings]
+        unknown = [t for t in tokens if t.startswith('--') and t != '--' and t.split('=')[0] not in flags]
+        if unknown:
+            hints = [f"'{t}'" + (f" (did you mean '{close}'?)" if (close := closest_flag(t.split('=')[0], flags))
+                                 else '') for t in unknown]
+            self.error(f"unknown argument{'s' if len(hints) > 1 else ''} {', '.join(hints)}")
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        self.exit(2, f'{self.prog}: error: {message}; see {self.prog} --help\n')
+
+
+def closest_flag(token: str, flags: Sequence[str]) -> Optional[str]:
+    """The valid flag a mistyped `token` most likely meant: a flag it extends or abbreviates
+    (`--lr_rate` -> `--lr`), else the closest spelling."""
+    related = [f for f in flags if f.startswith('--') and (token.startswith(f + '_') or f.startswith(token))]
+    close = difflib.get_close_matches(token, related or flags, n=1, cutoff=0.0 if related else 0.6)
+    return close[0] if close else None
+
+
 def add_bool(group, name: str, default: bool, help: str) -> None:
     """A boolean with both spellings, `--name` and `--no_name`, so the command line can undo a YAML value."""
     group.add_argument(f'--{name}', action='store_true', default=default, help=help)
@@ -53,7 +79,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def build_train_parser() -> argparse.ArgumentParser:
     """The train.py flags, grouped; defaults follow the official cvt-13-224x224 recipe on 8 GPUs."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='train.py', formatter_class=HelpFormatter, allow_abbrev=False,
         description='Train or fine-tune CvT. Recipes: configs/train/cvt/*.yaml.')
     add_config_args(parser)

@@ -14,7 +14,6 @@ import paddle
 import paddle.nn.functional as F
 import yaml
 
-from utils.graph_rewrites import rewrite_for_export
 
 MODEL_PREFIX = 'inference'
 MODEL_FILES = (f'{MODEL_PREFIX}.json', f'{MODEL_PREFIX}.pdmodel')  # Paddle 3 (PIR), Paddle 2.x
@@ -52,7 +51,8 @@ def _plain(value):
 def export_inference_model(model, output_dir: str, model_name: str, data_cfg: dict, batch_size: int = -1,
                            with_softmax: bool = False, label_names: Optional[Sequence[str]] = None,
                            onnx: bool = False, calib_batches: Optional[Sequence[np.ndarray]] = None) -> List[str]:
-    """Export `model` for deployment into `output_dir`; returns the written file names.
+    """Export `model` for deployment into `output_dir`; returns the written file names. `model` is traced
+    as given: pass `models.export_rewrites.rewrite_for_export(model)` for the deployed form.
 
     With `calib_batches` (needs `onnx`), the int8 copies of utils/quantize.py are written too.
 
@@ -115,7 +115,7 @@ class InferenceModel(paddle.nn.Layer):
 
 def _save_static(model, folder: str, input_size: Sequence[int], batch_size: int, with_softmax: bool) -> None:
     """Trace and save the deployed graph: the whole of it happens here (one place to wrap in a context)."""
-    layer = InferenceModel(rewrite_for_export(model), with_softmax)
+    layer = InferenceModel(model, with_softmax)
     layer.eval()
     shape = [None if batch_size == -1 else batch_size] + [int(s) for s in input_size]
     spec = [paddle.static.InputSpec(shape=shape, dtype='float32', name=INPUT_NAME)]
@@ -236,7 +236,7 @@ def check_device_options(backend: str, use_gpu: bool, use_tensorrt: bool, precis
                          'or onnxruntime --precision int8 (export_model.py --int8)')
 
 
-def _paddle_predictor(model_file: str, params_file: str, input_size: Sequence[int], max_batch_size: int,
+def _paddle_predictor(model_file: str, params_file: str, input_size: Sequence[int], max_batch_size: int, *,
                       use_gpu: bool, enable_mkldnn: bool, cpu_threads: int, precision: str,
                       use_tensorrt: bool, ir_optim: bool) -> Callable[[np.ndarray], np.ndarray]:
     from paddle import inference
@@ -341,7 +341,7 @@ def _fixed_batch(run: Callable[[np.ndarray], np.ndarray], batch_size: int) -> Ca
     return padded
 
 
-def build_predictor(model_dir: str, cfg: dict, backend: str = 'paddle', model_file: Optional[str] = None,
+def build_predictor(model_dir: str, cfg: dict, *, backend: str = 'paddle', model_file: Optional[str] = None,
                     params_file: Optional[str] = None, max_batch_size: int = 1, use_gpu: bool = False,
                     enable_mkldnn: bool = True, cpu_threads: int = 1, precision: str = 'fp32',
                     use_tensorrt: bool = False, ir_optim: bool = True) -> Callable[[np.ndarray], np.ndarray]:
@@ -357,8 +357,9 @@ def build_predictor(model_dir: str, cfg: dict, backend: str = 'paddle', model_fi
         run = _openvino_predictor(_onnx_file(model_dir, precision, backend), precision, cpu_threads)
     else:
         run = _paddle_predictor(model_file, params_file, cfg['preprocess']['input_size'],
-                                fixed if fixed > 0 else max_batch_size, use_gpu, enable_mkldnn, cpu_threads,
-                                precision, use_tensorrt, ir_optim)
+                                fixed if fixed > 0 else max_batch_size, use_gpu=use_gpu, enable_mkldnn=enable_mkldnn,
+                                cpu_threads=cpu_threads, precision=precision, use_tensorrt=use_tensorrt,
+                                ir_optim=ir_optim)
     return _fixed_batch(run, fixed) if fixed > 0 else run
 
 
@@ -379,8 +380,13 @@ class PredictorAsModel:
         return paddle.to_tensor(output)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
 def graph_to_probs(output: np.ndarray, cfg: Dict) -> np.ndarray:
     """Probabilities from the exported graph's output, applying softmax when the graph has none."""
-    from utils.inference import softmax
     output = output.astype(np.float32, copy=False)
     return output if cfg['with_softmax'] else softmax(output)

@@ -48,12 +48,6 @@ def all_reduce_mean(tensor: paddle.Tensor) -> paddle.Tensor:
     return tensor
 
 
-def barrier() -> None:
-    """Wait until every process reaches this point."""
-    if get_world_size() > 1:
-        dist.barrier()
-
-
 def unwrap_model(model: paddle.nn.Layer) -> paddle.nn.Layer:
     """The bare model inside a `paddle.DataParallel` wrapper (state-dict names without `_layers.`)."""
     return model._layers if isinstance(model, paddle.DataParallel) else model

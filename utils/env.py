@@ -1,14 +1,29 @@
-"""Process environment: CPU runtime settings (made before paddle is imported) and seeding.
+"""Process set-up every script imports first (`import utils.env`), before anything loads paddle.
 
-Importing this module also loads Pillow's decoders, before any paddle import: Paddle 2.6's libpaddle.so
-exports its own zlib symbols, and a Pillow loaded after it mixes the two zlibs, so every PNG then fails with
-"codec configuration error".
+Importing it:
+- sets the CPU runtime variables the math libraries read once, at load time (`configure_cpu_runtime`);
+- loads Pillow's decoders before paddle: Paddle 2.6's libpaddle.so exports its own zlib symbols, and a
+  Pillow loaded after it mixes the two zlibs, so every PNG then fails with "codec configuration error";
+- imports paddle with its OMP_NUM_THREADS warning dropped (the thread count is set here on purpose) and
+  filters the few framework messages that are noise for every run of these scripts (`QUIET_WARNINGS`).
+Without paddle installed (the timm/torch side of the benchmarks runs tools with another Python) only
+the environment variables are set.
 """
+import contextlib
+import importlib.util
+import io
 import os
 import random
+import sys
 import warnings
 
-import PIL.Image  # noqa: F401  (binds Pillow to the system zlib first; see above)
+# UserWarnings Paddle raises on every call of a code path these scripts use as intended.
+QUIET_WARNINGS = (
+    'No ccache found',  # at import: a C++ build cache that only matters for custom operators
+    'When training, we now always track global mean and variance',  # every BatchNorm forward in training
+)
+# Lines `import paddle` prints to stderr whenever OMP_NUM_THREADS > 1, which configure_cpu_runtime makes so.
+PADDLE_IMPORT_NOISE = ('WARNING: OMP_NUM_THREADS set to', 'PLEASE USE OMP_NUM_THREADS WISELY')
 
 
 def uses_mkl_generic_path(cpuinfo: str) -> bool:
@@ -16,18 +31,15 @@ def uses_mkl_generic_path(cpuinfo: str) -> bool:
     return 'AuthenticAMD' in cpuinfo and ' avx2' in cpuinfo
 
 
-def configure_cpu_runtime() -> int:
-    """Settings the CPU kernels read once, at load time; call before the first paddle import.
+def configure_cpu_runtime() -> None:
+    """Fill in what the user left unset:
 
-    - OMP_NUM_THREADS: the CPU count unless the user chose a value; `import paddle` forces 1 when it
-      is unset, which makes every CPU op single-threaded.
-    - MKL_DEBUG_CPU_TYPE=5 on AMD CPUs with AVX2 (unless set): Paddle's MKL-ML then uses its AVX2 GEMMs
-      instead of generic ones; measured on an AMD EPYC, 2 threads: CvT-13 training 1.43 -> 2.10 img/s,
-      inference 4.4 -> 6.7 img/s.
-    Returns the thread count.
+    - OMP_NUM_THREADS: the CPU count; `import paddle` forces 1 when it is unset, which makes every CPU
+      op single-threaded.
+    - MKL_DEBUG_CPU_TYPE=5 on AMD CPUs with AVX2: Paddle's MKL-ML then uses its AVX2 GEMMs instead of
+      generic ones; measured on an AMD EPYC, 2 threads: CvT-13 training 1.43 -> 2.10 img/s, inference
+      4.4 -> 6.7 img/s.
     """
-    # Paddle warns at import about a C++ build cache that only matters for custom operators.
-    warnings.filterwarnings('ignore', message='No ccache found')
     if not os.environ.get('OMP_NUM_THREADS'):
         os.environ['OMP_NUM_THREADS'] = str(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
                                             else os.cpu_count() or 1)
@@ -39,7 +51,32 @@ def configure_cpu_runtime() -> int:
             cpuinfo = ''
         if uses_mkl_generic_path(cpuinfo):
             os.environ['MKL_DEBUG_CPU_TYPE'] = '5'
+
+
+def cpu_threads() -> int:
+    """The math-library thread count of this process (the default of every --cpu_threads flag)."""
     return int(os.environ['OMP_NUM_THREADS'])
+
+
+@contextlib.contextmanager
+def dropped_stderr_lines(prefixes):
+    """Hold what Python code writes to sys.stderr inside the block, then pass on every line that does not
+    start with one of `prefixes`."""
+    held = io.StringIO()
+    real, sys.stderr = sys.stderr, held
+    try:
+        yield
+    finally:
+        sys.stderr = real
+        kept = [line for line in held.getvalue().splitlines(keepends=True) if not line.startswith(tuple(prefixes))]
+        real.write(''.join(kept))
+
+
+def _import_paddle_quietly() -> None:
+    if 'paddle' in sys.modules or importlib.util.find_spec('paddle') is None:
+        return
+    with dropped_stderr_lines(PADDLE_IMPORT_NOISE):
+        import paddle  # noqa: F401
 
 
 def seed_everything(seed: int) -> None:
@@ -49,3 +86,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     paddle.seed(seed)
+
+
+configure_cpu_runtime()
+for _message in QUIET_WARNINGS:
+    warnings.filterwarnings('ignore', message=_message, category=UserWarning)
+if importlib.util.find_spec('PIL') is not None:
+    import PIL.Image  # noqa: F401  (binds Pillow to the system zlib first; see above)
+_import_paddle_quietly()

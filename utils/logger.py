@@ -76,7 +76,7 @@ def _to_builtin(value: Any):
 
 def log_json(path: str, record: dict) -> None:
     """Append `record` as one JSON line to `path` (rank 0 only), flushed so a crash loses nothing."""
-    from .distributed import is_main_process  # deferred: importing paddle here would precede configure_cpu_runtime
+    from .distributed import is_main_process  # deferred: importing paddle here would precede utils.env
     if not is_main_process():
         return
     parent = os.path.dirname(path)

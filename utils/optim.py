@@ -17,7 +17,7 @@ from .logger import get_logger
 
 _logger = get_logger(__name__)
 
-_OPTIMIZERS = ('adamw', 'sgd', 'momentum')
+_OPTIMIZERS = ('adamw', 'sgd')
 
 
 def split_decay_params(model: nn.Layer, skip_names: Optional[Iterable[str]] = None
@@ -53,7 +53,7 @@ def build_optimizer(model: nn.Layer, *, opt: str = 'adamw', lr: float = 1e-3, we
                     betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.9,
                     grad_clip: Optional[float] = None, clip_mode: str = 'norm',
                     skip_names: Optional[Iterable[str]] = None) -> paddle.optimizer.Optimizer:
-    """AdamW ('adamw'), Nesterov SGD ('sgd', timm's meaning) or plain momentum SGD ('momentum').
+    """AdamW ('adamw') or Nesterov momentum SGD ('sgd', timm's meaning).
 
     The LR is a float so a scheduler can `optimizer.set_lr()` it. All parameters sit in one group, so
     ClipGradByGlobalNorm sees the norm over the whole model (Paddle clips each param group separately).
@@ -79,7 +79,7 @@ def build_optimizer(model: nn.Layer, *, opt: str = 'adamw', lr: float = 1e-3, we
     for _, p in decay:
         p.regularizer = paddle.regularizer.L2Decay(weight_decay)
     return paddle.optimizer.Momentum(learning_rate=lr, momentum=momentum, parameters=params,
-                                     use_nesterov=opt == 'sgd', grad_clip=clip)
+                                     use_nesterov=True, grad_clip=clip)
 
 
 def _log_groups(opt: str, weight_decay: float, decay, no_decay) -> None:

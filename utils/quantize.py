@@ -8,8 +8,6 @@ from typing import List, Optional
 
 import numpy as np
 
-from datasets.transforms import build_transform
-from utils.inference import find_images, preprocess
 
 INT8_PACKAGES = 'pip install nncf openvino onnxruntime'
 
@@ -31,14 +29,11 @@ def check_int8_export_available(onnx: bool, calib_images: Optional[str], calib_c
             raise ValueError(f'--int8 needs {module}, which is not installed: {INT8_PACKAGES}') from None
 
 
-def calibration_batches(calib_images: str, data_cfg: dict, count: int) -> List[np.ndarray]:
-    """Up to `count` images of `calib_images` (spread evenly over its sorted files, so every class folder
-    contributes), each a (1, 3, H, W) batch preprocessed exactly as inference.yml says."""
-    files = find_images([calib_images])
-    if len(files) > count:
-        files = [files[i] for i in np.linspace(0, len(files) - 1, count).round().astype(int)]
-    transform = build_transform(is_train=False, **data_cfg)
-    return [preprocess([path], transform) for path in files]
+def spread_evenly(files: List[str], count: int) -> List[str]:
+    """Up to `count` of the sorted `files`, evenly spaced, so every class folder gives calibration images."""
+    if len(files) <= count:
+        return files
+    return [files[i] for i in np.linspace(0, len(files) - 1, count).round().astype(int)]
 
 
 def quantize_onnx(onnx_file: str, output_dir: str, batches: List[np.ndarray]) -> List[str]:

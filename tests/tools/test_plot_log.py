@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from tools.plot_log import main, read_log, run_names, series
-from utils.cli import run_main
+from cli import run_main
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 

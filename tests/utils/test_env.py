@@ -24,7 +24,7 @@ def test_mkl_generic_path_is_detected_on_amd_with_avx2_only():
 
 
 def test_settings_fill_only_what_the_user_left_unset():
-    code = ('import os; from utils.env import configure_cpu_runtime; configure_cpu_runtime(); '
+    code = ('import os, utils.env; '
             'print(os.environ["OMP_NUM_THREADS"], os.environ.get("MKL_DEBUG_CPU_TYPE", "-"))')
     threads, mkl = _fresh_env(code)
     assert int(threads) == len(os.sched_getaffinity(0))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from utils.cli import run_main
+from cli import run_main
 from utils.fileio import StorageError, atomic_write
 
 

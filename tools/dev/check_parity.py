@@ -19,7 +19,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from utils.cli import run_main  # noqa: E402
+from cli import run_main  # noqa: E402
 
 
 def read_meta(fixture_dir: Path) -> dict:

@@ -1,5 +1,5 @@
-"""Shared by predict, export, infer and the export check: weight flags, image discovery,
-batched preprocessing, top-k results in PaddleClas's shape and atomic JSON output."""
+"""What the scripts share: one-line errors (`run_main`), their parsers and weight flags, loading a model
+for inference, finding and preprocessing images, and top-k results in PaddleClas's shape."""
 import argparse
 import glob
 import json
@@ -13,11 +13,38 @@ import paddle
 from datasets.imagenet import IMG_EXTENSIONS, is_image_file, load_rgb, read_label_names
 from datasets.transforms import resolve_data_cfg
 from models import create_model
-from utils.config import HelpFormatter
+from utils.config import ArgumentParser, HelpFormatter
+from utils.fileio import StorageError, atomic_write
 from utils.torch_pickle import load_checkpoint as read_checkpoint
 from utils.weights import load_weights
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Errors a user can cause with input (missing files, bad YAML, wrong checkpoints, unknown names) or
+# fix on the machine (a full disk, a read-only output folder).
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IsADirectoryError, NotADirectoryError, PermissionError,
+               ConnectionError, StorageError)
+
+
+def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> None:
+    """Run `main(argv)`; a user error becomes `error: <message>` on stderr and exit status 1.
+
+    `--debug` anywhere in argv shows the full traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = main(argv)
+    except USER_ERRORS as e:
+        if '--debug' in argv:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f'error: {message}', file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 IMAGENET_LABELS = os.path.join(REPO_ROOT, 'datasets', 'imagenet1k_label_list.txt')
 NO_WEIGHTS_HINT = ('no weights given: pass --resume CKPT (a checkpoint written by train.py) or --pretrained SRC '
                    '(a tag such as cvt_13_224x224, a URL, or a .pdparams file made by tools/convert_weights.py)')
@@ -26,8 +53,7 @@ NO_WEIGHTS_HINT = ('no weights given: pass --resume CKPT (a checkpoint written b
 def script_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """Parser whose description is the first paragraph of the script's docstring; defaults shown when set."""
     summary = ' '.join(doc.strip().split('\n\n')[0].split())
-    return argparse.ArgumentParser(prog=prog, description=summary, formatter_class=HelpFormatter,
-                                   allow_abbrev=False)
+    return ArgumentParser(prog=prog, description=summary, formatter_class=HelpFormatter, allow_abbrev=False)
 
 
 def add_weight_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -131,12 +157,6 @@ def preprocess(paths: Sequence[str], transform: Callable) -> np.ndarray:
     return np.stack([transform(read_image(p)) for p in paths]).astype(np.float32, copy=False)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
 def label_names_for(num_classes: int, label_list: Optional[str] = None) -> Optional[List[str]]:
     """Class names from `label_list`, else the repo's ImageNet list for 1000 classes, else None."""
     path = label_list or (IMAGENET_LABELS if num_classes == 1000 else None)
@@ -176,14 +196,7 @@ def report(result, output_json: Optional[str] = None) -> None:
 
 
 def write_json(path: str, obj) -> None:
-    """Write `obj` as JSON atomically (temp file in the same folder, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'  # per process: distributed ranks never share a temp file
-    try:
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write('\n')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write `obj` as indented JSON, atomically and durably."""
+    with atomic_write(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write('\n')

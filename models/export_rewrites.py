@@ -5,7 +5,7 @@ import copy
 import paddle
 from paddle import nn
 
-from models.cvt import QuickGELU
+from .cvt import QuickGELU
 
 QUICK_GELU_ALPHA = 1.702  # QuickGELU(x) = x * sigmoid(1.702 x), as models/cvt.py computes it
 

@@ -5,7 +5,7 @@ import paddle
 
 from models import create_model
 from models.cvt import QuickGELU
-from utils.graph_rewrites import rewrite_for_export
+from models.export_rewrites import rewrite_for_export
 
 
 def _model_with_trained_bn_statistics():
