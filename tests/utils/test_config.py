@@ -149,3 +149,26 @@ def test_parser_is_reusable_after_a_config(tmp_path):
     parse_args(parser, ['--config', _write(tmp_path, 'clip_grad: 1.0\nepochs: 3\n')])
     args = parse_args(parser, ['-o', 'clip_grad=null'])
     assert args.epochs == 300 and args.clip_grad is None
+
+
+@pytest.mark.parametrize('argv, expected', [
+    (['--lr_rate', '1'], "train.py: error: unknown argument '--lr_rate' (did you mean '--lr'?); see train.py --help"),
+    (['--epoch=3'], "train.py: error: unknown argument '--epoch=3' (did you mean '--epochs'?); see train.py --help"),
+    (['--weight-decay', '1', '--zzzqqq'], "train.py: error: unknown arguments '--weight-decay' (did you mean "
+                                          "'--weight_decay'?), '--zzzqqq'; see train.py --help"),
+])
+def test_unknown_flags_get_one_line_with_the_closest_flag(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(build_train_parser(), argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [expected]
+
+
+def test_unknown_flag_is_named_before_a_missing_required_one(capsys):
+    from cli import script_parser
+    parser = script_parser('predict.py', 'Classify images.')
+    parser.add_argument('--images', required=True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--image', 'x.jpg'])
+    assert capsys.readouterr().err == ("predict.py: error: unknown argument '--image' (did you mean '--images'?); "
+                                       "see predict.py --help\n")

@@ -40,3 +40,27 @@ def test_pngs_decode_after_paddle_is_imported(tmp_path):
     code = (f'import utils.env, paddle; from PIL import Image; '
             f'print(Image.open({str(tmp_path / "x.png")!r}).convert("RGB").getpixel((1, 1)))')
     assert ''.join(_fresh_env(code)) == '(10,20,30)'
+
+
+def test_import_drops_only_paddles_omp_warning():
+    # OMP_NUM_THREADS > 1 makes `import paddle` print two warning lines; utils.env drops those, nothing else.
+    code = ('import sys; sys.stderr.write("before\\n"); import utils.env, paddle, warnings; '
+            'warnings.warn("When training, we now always track global mean and variance."); '
+            'sys.stderr.write("after\\n")')
+    base = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env={**base, 'OMP_NUM_THREADS': '2'},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == ['before', 'after']
+    noisy = subprocess.run([sys.executable, '-c', 'import paddle'], cwd=ROOT, env={**base, 'OMP_NUM_THREADS': '2'},
+                           capture_output=True, text=True, timeout=120)
+    assert 'OMP_NUM_THREADS set to 2' in noisy.stderr  # what it guards against still happens without it
+
+
+def test_dropped_stderr_lines_passes_everything_else_on(capsys):
+    import sys as _sys
+    from utils.env import dropped_stderr_lines
+    with dropped_stderr_lines(('NOISE',)):
+        print('NOISE: framework chatter', file=_sys.stderr)
+        print('a real warning', file=_sys.stderr)
+    assert capsys.readouterr().err == 'a real warning\n'
