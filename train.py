@@ -217,8 +217,8 @@ def build_optimization(args, model, train_loader):
                                 betas=tuple(args.opt_betas), eps=args.opt_eps, momentum=args.momentum,
                                 grad_clip=args.clip_grad, clip_mode=args.clip_mode)
     steps_per_epoch = train_loader.batch_sampler.num_batches // args.update_freq  # whole groups: build_loader
-    scheduler = CosineScheduler(args.lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr,
-                                per_step=args.sched_on_updates, steps_per_epoch=steps_per_epoch)
+    scheduler = CosineScheduler(args.lr, args.epochs, warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
+                                min_lr=args.min_lr, per_step=args.sched_on_updates, steps_per_epoch=steps_per_epoch)
     amp = AmpConfig(args.amp, args.amp_dtype, args.amp_level)
     if amp.cpu_note():
         _logger.info(amp.cpu_note())

@@ -139,7 +139,7 @@ def _uint8_transfer(dataset) -> Tuple[object, Optional[NormalizeOnDevice]]:
     return host_dataset, NormalizeOnDevice(normalize, erasing)
 
 
-def build_loader(dataset, batch_size: int, is_train: bool, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+def build_loader(dataset, batch_size: int, *, is_train: bool, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  num_workers: int = 4, use_shared_memory: bool = True, repeated_aug: bool = False,
                  drop_last: Optional[bool] = None, update_freq: int = 1, persistent_workers: bool = True,
                  uint8_transfer: Optional[bool] = None) -> DataLoader:

@@ -320,7 +320,7 @@ def _train_steps(size: Tuple[int, int], interpolation: str, mean, aa: Optional[s
     return steps
 
 
-def build_transform(is_train: bool, input_size: Size, interpolation: str = 'bicubic',
+def build_transform(is_train: bool, input_size: Size, *, interpolation: str = 'bicubic',
                     crop_pct: float = 0.875, crop_mode: str = 'center',
                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                     aa: Optional[str] = None, reprob: float = 0.0, remode: str = 'pixel', recount: int = 1,

@@ -222,7 +222,8 @@ def test_non_finite_losses_skip_steps_then_stop():
 def test_official_cvt13_lr_curve_from_the_shipped_config():
     args = parse_args(build_train_parser(), ['--config', str(ROOT / 'configs/train/cvt/cvt_13_224x224.yaml')])
     lr = scale_lr(args.base_lr, args.base_batch_size, args.batch_size * 8)  # 8 GPUs x 256 = 2048
-    sched = CosineScheduler(lr, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr)
+    sched = CosineScheduler(lr, args.epochs, warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
+                            min_lr=args.min_lr)
     expected = {0: 1e-6, 1: 4.008e-4, 2: 8.006e-4, 3: 1.2004e-3, 4: 1.6002e-3,
                 5: 1e-5 + 0.5 * (2e-3 - 1e-5) * (1 + np.cos(np.pi * 5 / 300)),
                 150: 1.005e-3, 299: 1e-5 + 0.5 * (2e-3 - 1e-5) * (1 + np.cos(np.pi * 299 / 300))}

@@ -35,7 +35,7 @@ def load_digits_arrays():
     return images, digits.target.astype(np.int64)
 
 
-def write_digits_dataset(out_dir: str, image_size: int = 32, val_fraction: float = 0.2, seed: int = 0,
+def write_digits_dataset(out_dir: str, *, image_size: int = 32, val_fraction: float = 0.2, seed: int = 0,
                          num_classes: int = 10, per_class: Optional[int] = None, force: bool = False) -> dict:
     """Write the dataset (see module docstring); returns counts. Re-running on a complete folder is a no-op."""
     marker = os.path.join(out_dir, DONE_MARKER)
@@ -88,8 +88,9 @@ def main(argv=None):
     parser.add_argument('--seed', type=int, default=0, help='split seed')
     parser.add_argument('--force', action='store_true', help='rewrite even if the folder is complete')
     args = parser.parse_args(argv)
-    counts = write_digits_dataset(args.output, args.image_size, args.val_fraction, args.seed,
-                                  args.num_classes, args.per_class, args.force)
+    counts = write_digits_dataset(args.output, image_size=args.image_size, val_fraction=args.val_fraction,
+                                  seed=args.seed, num_classes=args.num_classes, per_class=args.per_class,
+                                  force=args.force)
     print(f"{args.output}: {counts['train']} train / {counts['val']} val images, {args.num_classes} classes")
 
 

@@ -48,7 +48,7 @@ def _plain(value):
     return value.item() if hasattr(value, 'item') else value
 
 
-def export_inference_model(model, output_dir: str, model_name: str, data_cfg: dict, batch_size: int = -1,
+def export_inference_model(model, output_dir: str, model_name: str, data_cfg: dict, *, batch_size: int = -1,
                            with_softmax: bool = False, label_names: Optional[Sequence[str]] = None,
                            onnx: bool = False, calib_batches: Optional[Sequence[np.ndarray]] = None) -> List[str]:
     """Export `model` for deployment into `output_dir`; returns the written file names. `model` is traced

@@ -41,7 +41,7 @@ class CosineScheduler:
     training loop may call `set_lr(optimizer, epoch, step)` every iteration either way.
     """
 
-    def __init__(self, base_lr: float, epochs: int, warmup_epochs: float = 5, warmup_lr: float = 1e-6,
+    def __init__(self, base_lr: float, epochs: int, *, warmup_epochs: float = 5, warmup_lr: float = 1e-6,
                  min_lr: float = 1e-5, per_step: bool = False, steps_per_epoch: Optional[int] = None):
         if epochs <= 0:
             raise ValueError(f'CosineScheduler: epochs must be positive, got {epochs}')
