@@ -194,10 +194,12 @@ def eval_log_lines(monkeypatch):
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
     logger = logging.getLogger('cvt.utils.evaluation')
+    level = logger.level
     logger.addHandler(handler)
-    monkeypatch.setattr(logger, 'level', logging.INFO)
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it also clears the loggers' level caches
     yield lines
     logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def test_eval_off_a_terminal_logs_progress_every_tenth_of_the_batches(eval_log_lines, capsys):
