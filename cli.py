@@ -1,14 +1,18 @@
 """What the scripts share: one-line errors (`run_main`), their parsers and weight flags, loading a model
-for inference, finding and preprocessing images, and top-k results in PaddleClas's shape."""
+for inference, finding and preprocessing images, and classifying them into top-k results in PaddleClas's
+shape, shown as a table on a terminal and as JSON elsewhere."""
 import argparse
 import glob
 import json
 import os
 import sys
-from typing import Callable, List, Optional, Sequence
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import paddle
+from tqdm import tqdm
 
 from datasets.imagenet import IMG_EXTENSIONS, is_image_file, load_rgb, read_label_names
 from datasets.transforms import resolve_data_cfg
@@ -109,6 +113,29 @@ def check_amp(amp: bool) -> None:
         print('note: --amp has no effect on a CPU build of Paddle (autocast stays fp32)', file=sys.stderr)
 
 
+IMAGES_HELP = 'image files, folders (searched recursively) or glob patterns'
+
+
+def add_image_args(group, required: bool = True, help: str = IMAGES_HELP) -> None:
+    """--images PATH ..., as predict.py, infer.py and tools/check_export.py share it.
+
+    The reference repos' spellings stay as aliases: --infer_imgs (PaddleClas predict) and --input_file
+    (PaddleClas deploy).
+    """
+    group.add_argument('--images', '--infer_imgs', '--input_file', dest='images', nargs='+', required=required,
+                       metavar='PATH', help=help)
+
+
+def add_result_args(group) -> None:
+    """--topk, --json, --output_json and --strict, as predict.py and infer.py share them."""
+    group.add_argument('--topk', type=int, default=5, help='classes reported per image')
+    group.add_argument('--json', action='store_true',
+                       help='print the JSON list instead of the table on a terminal (piped output is always JSON)')
+    group.add_argument('--output_json', metavar='FILE', help='also write all results here as JSON')
+    group.add_argument('--strict', action='store_true',
+                       help='stop at the first unreadable image (default: skip it, list it on stderr, count it)')
+
+
 def find_images(inputs: Sequence[str]) -> List[str]:
     """Image files from paths, folders (recursive, any-case image extensions) and glob patterns, in order.
 
@@ -186,6 +213,106 @@ def topk_results(probs: np.ndarray, file_names: Sequence[str], topk: int,
             'label_names': [label_names[i] for i in top] if label_names else [],
         })
     return results
+
+
+@dataclass
+class Classified:
+    """What `classify_images` found: results of the readable files, and one 'FILE: reason' per skipped one."""
+    results: List[dict]
+    skipped: List[str]
+    seconds: float  # wall time of the whole loop
+    stage_seconds: Dict[str, float]  # preprocess / inference / postprocess
+
+
+def classify_images(files: Sequence[str], transform: Callable, forward: Callable[[np.ndarray], object], *,
+                    batch_size: int, topk: int, label_names: Optional[Sequence[str]] = None, strict: bool = False,
+                    to_probs: Callable = np.asarray, warmup_runs: int = 0) -> Classified:
+    """Top-k results for `files`, `batch_size` at a time: `to_probs(forward(batch))` gives the probabilities.
+
+    An unreadable file is skipped and listed on stderr (`skipped FILE: reason`) unless `strict` or it is
+    the only file, when its error is the error; when no file is readable that is an error too. A
+    progress bar shows on a terminal (stderr) for more than one batch. `warmup_runs` calls of `forward`
+    on the first batch precede the timed ones (for --benchmark).
+    """
+    chunks = batches(files, batch_size)
+    strict = strict or len(files) == 1
+    stages = {'preprocess': 0.0, 'inference': 0.0, 'postprocess': 0.0}
+    results: List[dict] = []
+    skipped: List[str] = []
+    start = time.perf_counter()
+    show_bar = sys.stderr.isatty() and len(chunks) > 1
+    with tqdm(total=len(files), unit='img', file=sys.stderr, leave=False, disable=not show_bar) as bar:
+        for chunk in chunks:
+            began = time.perf_counter()
+            images, readable = [], []
+            for path in chunk:
+                try:
+                    images.append(transform(read_image(path)))
+                    readable.append(path)
+                except ValueError as exc:
+                    if strict:
+                        raise
+                    skipped.append(str(exc))
+                    tqdm.write(f'skipped {exc}', file=sys.stderr)
+            bar.update(len(chunk))
+            if not readable:
+                continue
+            batch = np.stack(images).astype(np.float32, copy=False)
+            stages['preprocess'] += time.perf_counter() - began
+            for _ in range(warmup_runs):
+                forward(batch)
+            warmup_runs = 0
+            began = time.perf_counter()
+            output = forward(batch)
+            inferred = time.perf_counter()
+            results += topk_results(to_probs(output), readable, topk, label_names)
+            stages['inference'] += inferred - began
+            stages['postprocess'] += time.perf_counter() - inferred
+    if not results:
+        raise ValueError(f'none of the {len(files)} images could be read (each is listed above as skipped)')
+    return Classified(results, skipped, time.perf_counter() - start, stages)
+
+
+def _short_label(result: dict, rank: int) -> str:
+    """A label list's first name ('tench' of 'tench, Tinca tinca'), else the class id."""
+    names = result['label_names']
+    return names[rank].split(',')[0].strip() if names else str(result['class_ids'][rank])
+
+
+def results_table(results: Sequence[dict]) -> List[str]:
+    """Aligned rows: file, then `label score` per top-k class; a header row first."""
+    k = max(len(r['class_ids']) for r in results)
+    rows = [['file'] + [f'top-{i + 1}' for i in range(k)]]
+    rows += [[r['file_name']] + [f'{_short_label(r, i)} {score:.3f}' for i, score in enumerate(r['scores'])]
+             for r in results]
+    widths = [max(len(row[col]) for row in rows if col < len(row)) for col in range(k + 1)]
+    return ['  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def show_results(classified: Classified, *, json_requested: bool, output_json: Optional[str] = None,
+                 notes: Sequence[str] = ()) -> None:
+    """Results on stdout, then a one-line summary on stderr; all results also go to `output_json`.
+
+    stdout gets the JSON list (its last line) when it is not a terminal, for one file, or when
+    `json_requested`, else the table; `notes` (a benchmark line) go after the table or before the JSON.
+    """
+    results = classified.results
+    num_files = len(results) + len(classified.skipped)
+    as_json = json_requested or num_files == 1 or not sys.stdout.isatty()
+    if as_json:
+        for line in notes:
+            print(line)
+        report(results, output_json)
+    else:
+        print('\n'.join([*results_table(results), *notes]))
+        if output_json:
+            write_json(output_json, results)
+    where = [place for place, used in (('on stdout', as_json), (f'in {output_json}', output_json)) if used]
+    images = 'image' if len(results) == 1 else 'images'
+    print(f'{len(results)} {images} classified, {len(classified.skipped)} skipped, in {classified.seconds:.1f} s '
+          f'({len(results) / max(classified.seconds, 1e-9):.1f} img/s); '
+          + (f'JSON {" and ".join(where)}' if where else 'JSON with --json or --output_json FILE'),
+          file=sys.stderr, flush=True)
 
 
 def report(result, output_json: Optional[str] = None) -> None:

@@ -1,16 +1,17 @@
 """Classify images with an exported model (Paddle Inference, ONNX Runtime or OpenVINO); preprocessing and
 labels come from the export folder's inference.yml.
 
-    python infer.py --model_dir inference/cvt_13 --input_file demo/ --benchmark
-    python infer.py --model_dir inference/cvt_13 --input_file demo/ --backend openvino --precision int8
+    python infer.py --model_dir inference/cvt_13 --images demo/ --benchmark
+    python infer.py --model_dir inference/cvt_13 --images demo/ --backend openvino --precision int8
+
+Results are shown as predict.py shows them: a table on a terminal, else the JSON list.
 """
 import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 
 import argparse
-import time
 from typing import Optional, Sequence
 
-from cli import batches, find_images, preprocess, report, run_main, script_parser, topk_results
+from cli import add_image_args, add_result_args, classify_images, find_images, run_main, script_parser, show_results
 from datasets.transforms import build_transform, resolve_data_cfg
 from utils.config import add_bool
 from utils.deploy import BACKENDS, PRECISIONS, build_predictor, graph_to_probs, read_inference_cfg
@@ -25,11 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument('--model_dir', required=True, metavar='DIR', help='export_model.py output folder')
     io.add_argument('--model_file', metavar='FILE', help='graph file (default: DIR/inference.json or .pdmodel)')
     io.add_argument('--params_file', metavar='FILE', help='parameters (default: next to the graph, .pdiparams)')
-    io.add_argument('--input_file', nargs='+', required=True, metavar='PATH',
-                    help='image files, folders (searched recursively) or glob patterns')
+    add_image_args(io)
     io.add_argument('--batch_size', type=int, default=1, help='images per predictor run')
-    io.add_argument('--topk', type=int, default=5, help='classes reported per image')
-    io.add_argument('--output_json', metavar='FILE', help='also write the results here')
+    add_result_args(io)
     prep = parser.add_argument_group('preprocessing overrides (default: inference.yml)')
     prep.add_argument('--crop_pct', type=float, help='resize to input_size / crop_pct, then centre-crop')
     prep.add_argument('--crop_mode', choices=('center', 'squash'), help='keep aspect ratio, or resize both sides')
@@ -61,7 +60,7 @@ def _benchmark_line(timings: dict, num_images: int, batch_size: int) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = read_inference_cfg(args.model_dir)
-    files = find_images(args.input_file)
+    files = find_images(args.images)
     data_cfg = resolve_data_cfg(cfg['preprocess'], crop_pct=args.crop_pct, crop_mode=args.crop_mode,
                                 interpolation=args.interpolation)
     transform = build_transform(is_train=False, **data_cfg)
@@ -69,26 +68,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           params_file=args.params_file, max_batch_size=args.batch_size, use_gpu=args.use_gpu,
                           enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads, precision=args.precision,
                           use_tensorrt=args.use_tensorrt, ir_optim=args.ir_optim)
-    chunks = batches(files, args.batch_size)
-    if args.benchmark:
-        warmup = preprocess(chunks[0], transform)
-        for _ in range(WARMUP_RUNS):
-            run(warmup)
-    timings = {'preprocess': 0.0, 'inference': 0.0, 'postprocess': 0.0}
-    results = []
-    for chunk in chunks:
-        start = time.perf_counter()
-        batch = preprocess(chunk, transform)
-        loaded = time.perf_counter()
-        output = run(batch)
-        inferred = time.perf_counter()
-        results += topk_results(graph_to_probs(output, cfg), chunk, args.topk, cfg.get('label_names'))
-        timings['preprocess'] += loaded - start
-        timings['inference'] += inferred - loaded
-        timings['postprocess'] += time.perf_counter() - inferred
-    if args.benchmark:
-        print(_benchmark_line(timings, len(files), args.batch_size))
-    report(results, args.output_json)
+    classified = classify_images(files, transform, run, to_probs=lambda output: graph_to_probs(output, cfg),
+                                 batch_size=args.batch_size, topk=args.topk, label_names=cfg.get('label_names'),
+                                 strict=args.strict, warmup_runs=WARMUP_RUNS if args.benchmark else 0)
+    notes = ([_benchmark_line(classified.stage_seconds, len(classified.results), args.batch_size)]
+             if args.benchmark else [])
+    show_results(classified, json_requested=args.json, output_json=args.output_json, notes=notes)
     return 0
 
 

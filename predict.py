@@ -1,6 +1,10 @@
 """Classify image files with a CvT model in dygraph mode: top-k class ids, scores and label names.
 
-    python predict.py --infer_imgs demo/ photo.jpg 'more/*.png' --model cvt_13_224x224 --pretrained cvt_13_224x224
+    python predict.py --images demo/ photo.jpg 'more/*.png' --model cvt_13_224x224 --pretrained cvt_13_224x224
+
+On a terminal the results are a table (file, then top-k `label score`) under a progress bar; piped, for
+one image, or with --json they are the JSON list in PaddleClas's shape. Unreadable files are skipped and
+listed (--strict stops instead); a summary line on stderr ends the run.
 """
 import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 
@@ -10,21 +14,19 @@ from typing import Optional, Sequence
 import paddle
 import paddle.nn.functional as F
 
-from cli import (add_weight_args, batches, check_amp, find_images, label_names_for, load_model, preprocess, report,
-                run_main, script_parser, topk_results)
+from cli import (add_image_args, add_result_args, add_weight_args, check_amp, classify_images, find_images,
+                 label_names_for, load_model, run_main, script_parser, show_results)
 from datasets.transforms import build_transform, resolve_data_cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = script_parser('predict.py', __doc__)
     inputs = parser.add_argument_group('inputs and outputs')
-    inputs.add_argument('--infer_imgs', nargs='+', required=True, metavar='PATH',
-                        help='image files, folders (searched recursively) or glob patterns')
-    inputs.add_argument('--topk', type=int, default=5, help='classes reported per image')
+    add_image_args(inputs)
     inputs.add_argument('--label_list', metavar='FILE',
                         help="'id name' lines (default: the repo's ImageNet list when num_classes is 1000)")
     inputs.add_argument('--batch_size', type=int, default=8, help='images per forward pass')
-    inputs.add_argument('--output_json', metavar='FILE', help='also write the results here')
+    add_result_args(inputs)
     add_weight_args(parser)
     run = parser.add_argument_group('run')
     run.add_argument('--amp', action='store_true', help='autocast to fp16 (CUDA only; fp32 by default)')
@@ -43,15 +45,14 @@ def predict_probs(model: paddle.nn.Layer, batch, amp: bool = False):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     check_amp(args.amp)
-    files = find_images(args.infer_imgs)
+    files = find_images(args.images)
     model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
     label_names = label_names_for(model.num_classes, args.label_list)
     transform = build_transform(is_train=False, **resolve_data_cfg(model.default_cfg))
-    results = []
-    for chunk in batches(files, args.batch_size):
-        probs = predict_probs(model, preprocess(chunk, transform), args.amp)
-        results += topk_results(probs, chunk, args.topk, label_names)
-    report(results, args.output_json)
+    classified = classify_images(files, transform, lambda batch: predict_probs(model, batch, args.amp),
+                                 batch_size=args.batch_size, topk=args.topk, label_names=label_names,
+                                 strict=args.strict)
+    show_results(classified, json_requested=args.json, output_json=args.output_json)
     return 0
 
 

@@ -1,5 +1,7 @@
-"""eval.py: metrics equal a direct forward pass over the split, EMA weights, list files, 2-process launch."""
+"""eval.py: metrics equal a direct forward pass over the split, EMA weights, list files, 2-process launch,
+progress (a bar on a terminal, log lines elsewhere)."""
 import json
+import re
 import runpy
 import subprocess
 import sys
@@ -164,3 +166,55 @@ def test_eval_of_the_export_refuses_weight_flags(digits, capsys):
     with pytest.raises(SystemExit):
         run_main(main, [str(digits / 'data'), '--model_dir', str(digits / 'export'), '--resume', 'x.pd'])
     assert '--resume does not apply with --model_dir' in capsys.readouterr().err
+
+
+class _Loader:
+    """What evaluate() reads of a DataLoader: batches, their count and the dataset's length."""
+
+    def __init__(self, num_batches: int, batch_size: int = 2):
+        rng = np.random.RandomState(0)
+        self.batches = [(paddle.to_tensor(rng.standard_normal((batch_size, 4)).astype('float32')),
+                         paddle.to_tensor(rng.randint(0, 6, (batch_size,)))) for _ in range(num_batches)]
+        self.dataset = [None] * (num_batches * batch_size)
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+@pytest.fixture
+def eval_log_lines(monkeypatch):
+    """The lines evaluate() logs, with the minimum interval between them removed."""
+    import logging
+    from utils import evaluation
+    monkeypatch.setattr(evaluation, 'LOG_MIN_SECONDS', 0.0)
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger('cvt.utils.evaluation')
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it also clears the loggers' level caches
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_eval_off_a_terminal_logs_progress_every_tenth_of_the_batches(eval_log_lines, capsys):
+    from utils.evaluation import evaluate
+    stats = evaluate(paddle.nn.Linear(4, 6), _Loader(20))
+    assert stats['num_images'] == 40
+    assert len(eval_log_lines) == 9  # every 2 of 20 batches, none after the last
+    assert re.fullmatch(r'eval: 4/40 images, [\d.]+ img/s, eta \d+:\d\d:\d\d', eval_log_lines[0])
+    assert eval_log_lines[-1].startswith('eval: 36/40 images')
+    assert capsys.readouterr().err == ''  # no bar
+
+
+def test_eval_on_a_terminal_shows_a_bar_instead(eval_log_lines, capsys, monkeypatch):
+    from utils.evaluation import evaluate
+    monkeypatch.setattr(sys.stdout, 'isatty', lambda: True)
+    evaluate(paddle.nn.Linear(4, 6), _Loader(20))
+    assert eval_log_lines == []
+    assert re.search(r'eval: +0%.*0/20', capsys.readouterr().err)

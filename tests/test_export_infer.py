@@ -85,13 +85,15 @@ def test_check_export_fails_against_other_weights(export_dir, assets, capsys):
 
 def test_infer_equals_predict_and_benchmarks(export_dir, assets, tmp_path, capsys):
     out = tmp_path / 'infer.json'
-    proc = subprocess.run([sys.executable, 'infer.py', '--model_dir', str(export_dir), '--input_file',
+    proc = subprocess.run([sys.executable, 'infer.py', '--model_dir', str(export_dir), '--images',
                            str(assets / 'images'), '--batch_size', '3', '--benchmark', '--output_json', str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert 'benchmark: 4 images, batch 3: preprocess' in proc.stdout and 'images/s' in proc.stdout
+    benchmark, listed = proc.stdout.splitlines()  # piped: the benchmark line, then only the JSON list
+    assert benchmark.startswith('benchmark: 4 images, batch 3: preprocess') and benchmark.endswith('images/s')
     inferred = json.loads(out.read_text())
-    assert script_main('predict.py')(['--infer_imgs', str(assets / 'images'), '--model', 'cvt_tiny',
+    assert json.loads(listed) == inferred
+    assert script_main('predict.py')(['--images', str(assets / 'images'), '--model', 'cvt_tiny',
                                        '--num_classes', str(NUM_CLASSES), '--resume', str(assets / 'checkpoint.pd'),
                                        '--label_list', str(assets / 'labels.txt')]) == 0
     predicted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -99,6 +101,17 @@ def test_infer_equals_predict_and_benchmarks(export_dir, assets, tmp_path, capsy
     for a, b in zip(inferred, predicted):
         assert (a['class_ids'], a['label_names']) == (b['class_ids'], b['label_names'])
         np.testing.assert_allclose(a['scores'], b['scores'], atol=2e-5)  # both rounded to 5 decimals
+
+
+def test_infer_skips_an_unreadable_file_and_counts_it(export_dir, assets, tmp_path, capsys):
+    for name in ('0.png', '1.png'):
+        (tmp_path / name).write_bytes((assets / 'images' / name).read_bytes())
+    (tmp_path / 'broken.png').write_bytes(b'not a png')
+    assert script_main('infer.py')(['--model_dir', str(export_dir), '--images', str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert [Path(r['file_name']).name for r in json.loads(captured.out)] == ['0.png', '1.png']
+    assert f'skipped {tmp_path / "broken.png"}: not a readable image' in captured.err
+    assert '2 images classified, 1 skipped' in captured.err
 
 
 def test_fixed_batch_softmax_graph_pads_the_last_batch(tmp_path):
@@ -169,9 +182,9 @@ def _infer_error(argv, capsys) -> str:
 
 def test_infer_model_dir_without_model(export_dir, assets, tmp_path, capsys):
     images = str(assets / 'images')
-    assert 'inference.yml: not found' in _infer_error(['--model_dir', str(tmp_path), '--input_file', images], capsys)
+    assert 'inference.yml: not found' in _infer_error(['--model_dir', str(tmp_path), '--images', images], capsys)
     (tmp_path / 'inference.yml').write_text((export_dir / 'inference.yml').read_text())
-    err = _infer_error(['--model_dir', str(tmp_path), '--input_file', images], capsys)
+    err = _infer_error(['--model_dir', str(tmp_path), '--images', images], capsys)
     assert f'{tmp_path}: no inference.json or inference.pdmodel found' in err
 
 
@@ -184,7 +197,7 @@ def test_infer_model_dir_without_model(export_dir, assets, tmp_path, capsys):
     (['--precision', 'bf16'], '--precision bf16 is not offered on Paddle Inference'),
 ])
 def test_infer_refuses_what_a_cpu_build_cannot_serve(flags, expected, export_dir, assets, capsys):
-    err = _infer_error(['--model_dir', str(export_dir), '--input_file', str(assets / 'images'), *flags], capsys)
+    err = _infer_error(['--model_dir', str(export_dir), '--images', str(assets / 'images'), *flags], capsys)
     assert expected in err
 
 

@@ -1,9 +1,17 @@
 """predict.py: image discovery (folders, any-case extensions, globs, greyscale), the result JSON,
-labels, and one-line errors for bad input."""
+labels, the table/bar/summary on a terminal, skipped unreadable files, and one-line errors for bad input."""
+import fcntl
 import json
+import os
+import pty
+import re
 import runpy
+import select
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +22,8 @@ from PIL import Image
 from datasets.transforms import build_transform, resolve_data_cfg
 from models import create_model
 from models.cvt import ConvolutionalVisionTransformer
-from cli import run_main
-from cli import find_images, label_names_for
+from cli import find_images, label_names_for, run_main
+from tests.scripts import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
@@ -50,6 +58,17 @@ def label_list(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope='module')
+def folder_with_a_bad_file(tmp_path_factory):
+    """40 small images and one file with an image extension that is not an image."""
+    root = tmp_path_factory.mktemp('many')
+    rng = np.random.RandomState(1)
+    for i in range(40):
+        Image.fromarray(rng.randint(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f'{i:02d}.png')
+    (root / 'broken.jpg').write_bytes(b'not a jpeg')
+    return root
+
+
 def _main():
     return runpy.run_path(str(ROOT / 'predict.py'))['main']
 
@@ -69,13 +88,14 @@ def test_default_labels_are_imagenet_for_1000_classes_only():
 
 def test_predict_folder_prints_and_writes_reference_json(image_dir, checkpoint, label_list, tmp_path):
     out = tmp_path / 'pred.json'
-    proc = subprocess.run([sys.executable, 'predict.py', '--infer_imgs', str(image_dir), '--model', 'cvt_tiny',
+    proc = subprocess.run([sys.executable, 'predict.py', '--images', str(image_dir), '--model', 'cvt_tiny',
                            '--num_classes', str(NUM_CLASSES), '--resume', str(checkpoint), '--label_list',
                            str(label_list), '--batch_size', '3', '--output_json', str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == results
+    assert proc.stdout.count('\n') == 1 and json.loads(proc.stdout) == results  # piped: only the JSON list
+    assert '4 images classified, 0 skipped' in proc.stderr
     assert [Path(r['file_name']).name for r in results] == ['a.JPG', 'b.jpeg', 'grey.png', 'c.PNG']
     for r in results:
         assert list(r) == RESULT_KEYS
@@ -86,7 +106,7 @@ def test_predict_folder_prints_and_writes_reference_json(image_dir, checkpoint, 
 
 def test_predict_scores_equal_model_probabilities(image_dir, checkpoint, capsys):
     grey = image_dir / 'grey.png'
-    assert _main()(['--infer_imgs', str(grey), '--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES),
+    assert _main()(['--images', str(grey), '--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES),
                     '--resume', str(checkpoint), '--topk', '2']) == 0
     (result,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model = create_model('cvt_tiny', num_classes=NUM_CLASSES)
@@ -110,12 +130,12 @@ def _wrong_variant_checkpoint(path: Path) -> Path:
 def _bad_input_argv(case: str, image_dir: Path, checkpoint: Path, tmp_path: Path) -> list:
     """Good arguments with the one change `case` names (None drops the flag)."""
     (tmp_path / 'empty').mkdir()
-    flags = {'--infer_imgs': str(image_dir / 'a.JPG'), '--model': 'cvt_tiny', '--num_classes': str(NUM_CLASSES),
+    flags = {'--images': str(image_dir / 'a.JPG'), '--model': 'cvt_tiny', '--num_classes': str(NUM_CLASSES),
              '--resume': str(checkpoint)}
     change = {
-        'missing': {'--infer_imgs': str(tmp_path / 'no-such.jpg')},
-        'not_image': {'--infer_imgs': str(image_dir / 'notes.txt')},
-        'empty_dir': {'--infer_imgs': str(tmp_path / 'empty')},
+        'missing': {'--images': str(tmp_path / 'no-such.jpg')},
+        'not_image': {'--images': str(image_dir / 'notes.txt')},
+        'empty_dir': {'--images': str(tmp_path / 'empty')},
         'no_weights': {'--resume': None},
         'unknown_model': {'--model': 'cvt_tinny'},
         'class_count': {'--num_classes': None},
@@ -147,10 +167,86 @@ def test_bad_input_gives_one_line_error(case, expected, image_dir, checkpoint, t
 
 
 def test_bad_input_from_the_command_line_exits_1_without_traceback(tmp_path):
-    cmd = [sys.executable, 'predict.py', '--infer_imgs', str(tmp_path / 'none.png'), '--model', 'cvt_tiny']
+    cmd = [sys.executable, 'predict.py', '--images', str(tmp_path / 'none.png'), '--model', 'cvt_tiny']
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert f'error: {tmp_path / "none.png"}: no such file or folder' in proc.stderr
     assert 'Traceback' not in proc.stderr
     debug = subprocess.run(cmd + ['--debug'], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert debug.returncode != 0 and 'Traceback' in debug.stderr
+
+
+def _run_on_a_terminal(cmd, timeout=120) -> str:
+    """Output of `cmd` with stdout and stderr on one pseudo-terminal (100 columns), as a user sees it."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack('HHHH', 40, 100, 0, 0))  # tqdm draws nothing at 0 columns
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        if select.select([leader], [], [], 1)[0]:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    assert proc.wait(timeout=10) == 0, b''.join(chunks).decode(errors='replace')[-2000:]
+    return b''.join(chunks).decode(errors='replace').replace('\r\n', '\n')
+
+
+def test_predict_on_a_terminal_shows_table_bar_and_summary_and_writes_all_results(
+        folder_with_a_bad_file, checkpoint, label_list, tmp_path):
+    out = tmp_path / 'pred.json'
+    shown = _run_on_a_terminal([sys.executable, 'predict.py', '--images', str(folder_with_a_bad_file),
+                                '--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES), '--resume', str(checkpoint),
+                                '--label_list', str(label_list), '--topk', '2', '--batch_size', '8',
+                                '--output_json', str(out)])
+    lines = shown.split('\n')
+    rows = [line for line in lines if line.startswith(str(folder_with_a_bad_file))]
+    header = lines[lines.index(rows[0]) - 1].split('\r')[-1]  # after the cleared bar, as a terminal shows it
+    assert len(rows) == 40 and re.fullmatch(r'file +top-1 +top-2', header)
+    # file, then `label score` twice, in aligned columns; 'dog, puppy' is shown by its first name
+    cells = [re.fullmatch(r'\S+\.png  (cat|dog|bird) 0\.\d{3} +(cat|dog|bird) 0\.\d{3}', row) for row in rows]
+    assert all(cells) and len({cell.start(2) for cell in cells}) == 1, rows
+    assert re.search(r'\r *\d+%\|.*\| *\d+/41 \[', shown)  # the progress bar, redrawn in place
+    assert f'skipped {folder_with_a_bad_file / "broken.jpg"}: not a readable image' in shown
+    assert re.search(rf'40 images classified, 1 skipped, in [\d.]+ s \([\d.]+ img/s\); JSON in {re.escape(str(out))}$',
+                     shown.strip())
+    results = json.loads(out.read_text())
+    assert len(results) == 40 and 'broken.jpg' not in out.read_text()
+
+
+def _predict_argv(images, checkpoint, *flags):
+    return ['--images', str(images), '--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES),
+            '--resume', str(checkpoint), '--batch_size', '16', *flags]
+
+
+def test_unreadable_files_are_skipped_listed_and_counted(folder_with_a_bad_file, checkpoint, capsys):
+    assert _main()(_predict_argv(folder_with_a_bad_file, checkpoint)) == 0
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert len(results) == 40 and not [r for r in results if r['file_name'].endswith('broken.jpg')]
+    err = captured.err.strip().splitlines()
+    assert err[0].startswith(f'skipped {folder_with_a_bad_file / "broken.jpg"}: not a readable image (')
+    assert err[-1].startswith('40 images classified, 1 skipped')
+
+
+def test_strict_stops_at_the_first_unreadable_file(folder_with_a_bad_file, checkpoint, capsys):
+    err = one_line_error('predict.py', _predict_argv(folder_with_a_bad_file, checkpoint, '--strict'), capsys)
+    assert f'error: {folder_with_a_bad_file / "broken.jpg"}: not a readable image' in err
+
+
+def test_nothing_readable_is_an_error(tmp_path, checkpoint, capsys):
+    for name in ('a.jpg', 'b.png'):
+        (tmp_path / name).write_bytes(b'garbage')
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(_main(), _predict_argv(tmp_path, checkpoint))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(':')[0] for line in err[:2]] == [f'skipped {tmp_path / "a.jpg"}', f'skipped {tmp_path / "b.png"}']
+    assert err[2:] == ['error: none of the 2 images could be read (each is listed above as skipped)']

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import paddle
 
-from cli import add_weight_args, find_images, load_model, preprocess, run_main, script_parser
+from cli import add_image_args, add_weight_args, find_images, load_model, preprocess, run_main, script_parser
 from datasets.transforms import build_transform, resolve_data_cfg
 from utils.config import add_bool
 from utils.deploy import ONNX_FILE, build_predictor, graph_to_probs, read_inference_cfg, softmax
@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = script_parser('check_export.py', __doc__)
     parser.add_argument('--model_dir', required=True, metavar='DIR', help='export_model.py output folder')
     add_weight_args(parser, required=False)
-    parser.add_argument('--images', nargs='+', metavar='PATH',
-                        help=f'images, folders or globs (default: {NUM_RANDOM_IMAGES} seeded random-pixel images)')
+    add_image_args(parser, required=False, help=f'images, folders or globs (default: {NUM_RANDOM_IMAGES} seeded '
+                                                f'random-pixel images)')
     parser.add_argument('--atol', type=float, default=1e-5, help='largest allowed |probability difference|')
     add_bool(parser, 'enable_mkldnn', True, 'oneDNN kernels in the Paddle predictor, as infer.py uses by default')
     parser.add_argument('--cpu_threads', type=int, default=cpu_threads(), help='CPU math threads')

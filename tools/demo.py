@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     evaluation = last_json(run([py, 'eval.py', args.data, *weights, '--batch_size', '64',
                                 '--output_json', os.path.join(run_dir, 'eval.json')]))
     samples = [os.path.join(args.data, 'val', f'digit_{k}') for k in (3, 7)]
-    run([py, 'predict.py', '--infer_imgs', *samples, *weights, '--label_list', labels, '--topk', '3',
+    run([py, 'predict.py', '--images', *samples, *weights, '--label_list', labels, '--topk', '3',
          '--output_json', os.path.join(run_dir, 'predictions.json')])
     export_dir = os.path.join(run_dir, 'export')
     # int8 needs the ONNX export and NNCF; calibrated on training images, scored on val
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
             out = run([py, 'eval.py', args.data, '--model_dir', export_dir, '--backend', backend,
                        '--precision', precision, '--batch_size', '64'], may_refuse=precision == 'bf16')
             deployed[precision] = last_json(out)['acc1'] if out else None
-    inference = run([py, 'infer.py', '--model_dir', export_dir, '--input_file', os.path.join(args.data, 'val'),
+    inference = run([py, 'infer.py', '--model_dir', export_dir, '--images', os.path.join(args.data, 'val'),
                      '--batch_size', '32', '--benchmark', '--output_json', os.path.join(run_dir, 'infer.json')])
     run([py, 'tools/check_export.py', *weights, '--model_dir', export_dir, '--images', *samples])
     plot = os.path.join(run_dir, 'curves.png')
@@ -117,7 +117,7 @@ total time       {time.time() - start:.0f} s
 next, on real data (ImageNet layout: DATA/train/<class>/*, DATA/val/<class>/*):
   python train.py DATA --config configs/train/cvt/cvt_13_224x224.yaml
   python eval.py DATA --model cvt_13_224x224 --pretrained cvt_13_224x224
-  python predict.py --infer_imgs photo.jpg --model cvt_13_224x224 --pretrained cvt_13_224x224
+  python predict.py --images photo.jpg --model cvt_13_224x224 --pretrained cvt_13_224x224
 ======================================================""")
     return 0
 
