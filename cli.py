@@ -12,11 +12,10 @@ import paddle
 
 from datasets.imagenet import IMG_EXTENSIONS, is_image_file, load_rgb, read_label_names
 from datasets.transforms import resolve_data_cfg
-from models import create_model
+from models import create_model, load_weights
 from utils.config import ArgumentParser, HelpFormatter
 from utils.fileio import StorageError, atomic_write
 from utils.torch_pickle import load_checkpoint as read_checkpoint
-from utils.weights import load_weights
 
 # Errors a user can cause with input (missing files, bad YAML, wrong checkpoints, unknown names) or
 # fix on the machine (a full disk, a read-only output folder).

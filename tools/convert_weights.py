@@ -3,7 +3,7 @@
     python tools/convert_weights.py CvT-13-224x224-IN-1k.pth weights/cvt_13_224x224.pdparams --model cvt_13_224x224
     python tools/convert_weights.py cvt_13_384x384.hf_in22k weights/cvt_13_384_22k.pdparams --model cvt_13_384x384
 
-SRC is a path, an http(s) URL or a known tag (utils/weights.py PRETRAINED_URLS). The result is
+SRC is a path, an http(s) URL or a known tag (models/cvt_weights.py PRETRAINED_URLS). The result is
 verified by loading it strictly into the named model before it is written; no torch is needed.
 """
 import _bootstrap  # noqa: F401  (first: repo root on sys.path, then utils.env)
@@ -13,11 +13,11 @@ import json
 import logging
 
 from cli import run_main, script_parser
-from models import create_model
-from utils.weights import load_weights, save_state_dict
+from models import create_model, load_weights
+from utils.weights import save_state_dict
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = script_parser('tools/convert_weights.py', __doc__)
     parser.add_argument('src', help='weight file, http(s) URL or known tag')
     parser.add_argument('dst', help='output .pdparams path')
@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="classifier size of the checkpoint (default: the model's, 1000)")
     parser.add_argument('--key', default=None, help="checkpoint entry to convert, e.g. 'model_ema'")
     parser.add_argument('--debug', action='store_true', help='full traceback on errors')
-    return parser.parse_args(argv)
+    return parser
 
 
 def convert(args: argparse.Namespace) -> dict:
@@ -40,7 +40,7 @@ def convert(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format='%(message)s')
     print(json.dumps(convert(args)))
     return 0
