@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 
 from utils import weights
-from utils.download import download_url
+from utils.download import DownloadError, cache_path, download_url
 
 # Known public weights per model, found in the sources named. The first entry of each model is
 # what the bare model name resolves to; 'name.source' picks another (e.g. 'cvt_13_384x384.hf_in22k').
@@ -93,6 +93,21 @@ def tag_url(tag: str) -> Optional[str]:
     return urls[source]
 
 
+def _offline_hint(tag: str, url: str, reason: str) -> str:
+    """What to do when a tag cannot be downloaded: the file to fetch by hand and the two ways to use it."""
+    model = tag.partition('.')[0]
+    file_name = url.rsplit('/', 1)[-1]
+    others = [f'{model}.{s} ({u})' for s, u in PRETRAINED_URLS[model].items() if u != url]
+    lines = [f'{tag}: cannot download {url} ({reason}). Fetch that file on a machine with network access, then either',
+             f'  put it at {cache_path(url)} (then --pretrained {tag} works offline), or',
+             f'  run python tools/convert_weights.py {file_name} {model}.pdparams --model {model} '
+             f'and pass --pretrained {model}.pdparams']
+    if others:
+        lines.append(f'other sources of {model}: {", ".join(others)}')
+    lines.append('every tag, URL and cache path: python tools/convert_weights.py --list')
+    return '\n'.join(lines)
+
+
 def resolve_source(source: str) -> str:
     """Local path of `source`: a file as is, an http(s) URL or a known tag downloaded into the cache."""
     if os.path.isfile(source):
@@ -103,7 +118,10 @@ def resolve_source(source: str) -> str:
     if url is None:
         raise FileNotFoundError(f"{source}: no such file, nor an http(s) URL or a known weights tag "
                                 f"({', '.join(PRETRAINED_URLS)}, optionally '.<source>')")
-    return download_url(url)
+    try:
+        return download_url(url)
+    except DownloadError as err:
+        raise ConnectionError(_offline_hint(source, url, err.reason)) from None
 
 
 def _hf_to_official(sd: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

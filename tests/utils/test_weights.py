@@ -19,6 +19,7 @@ from models import cvt_weights
 from models.cvt_weights import PRETRAINED_URLS, convert_state_dict, load_weights, pretrained_tags, resolve_source
 from torch_files import Storage, Tensor, write_torch_zip
 from utils.config import build_train_parser
+from utils.download import cache_path
 from utils.weights import read_state_dict, save_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -277,6 +278,15 @@ def test_save_state_dict_is_atomic_and_loadable(source, images, tmp_path):
     np.testing.assert_array_equal(_outputs(model, images), _outputs(source, images))
     save_state_dict({'w': paddle.to_tensor([1.5, -2.0]).astype('bfloat16')}, str(path))
     np.testing.assert_array_equal(read_state_dict(str(path))['w'], np.array([1.5, -2.0], np.float32))
+
+
+def test_convert_weights_list_gives_every_tag_its_url_and_cache_path(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / 'tools'))
+    assert runpy.run_path(str(ROOT / 'tools/convert_weights.py'))['main'](['--list']) == 0
+    printed = capsys.readouterr().out
+    for model, urls in PRETRAINED_URLS.items():
+        for source, url in urls.items():
+            assert f'{model}.{source}' in printed and url in printed and f'cache: {cache_path(url)}' in printed
 
 
 def _convert_cli(*args):
