@@ -117,7 +117,7 @@ def load_weights(model: paddle.nn.Layer, path: str, *, key: Optional[str] = None
             each skipped key is logged.
 
     Returns:
-        A report: path, format, loaded (count), skipped, missing, unexpected (names).
+        A report: path, format, loaded (count), skipped (names).
     """
     expected = model.state_dict()
     state_dict = read_state_dict(path, key=key)
@@ -127,14 +127,14 @@ def load_weights(model: paddle.nn.Layer, path: str, *, key: Optional[str] = None
         raise ValueError(f'{path}: {err}') from None
     skip = tuple(p for p in skip_if_mismatched if any(
         k.startswith(p) and k in expected and tuple(v.shape) != tuple(expected[k].shape) for k, v in weights.items()))
-    skipped = [k for k in dict.fromkeys([*expected, *weights]) if skip and k.startswith(skip)]
+    skipped = [k for k in dict.fromkeys([*expected, *weights]) if k.startswith(skip)]
     for name in skipped:
         prefix = next(p for p in skip if name.startswith(p))
         file_shape = list(weights[name].shape) if name in weights else 'absent'
         model_shape = list(expected[name].shape) if name in expected else 'absent'
         logger.info("%s: re-initialising '%s' (prefix '%s' differs in shape; file %s, model %s)", path, name,
                     prefix, file_shape, model_shape)
-    kept = {k for k in {*expected, *weights} if not (skip and k.startswith(skip))}
+    kept = {k for k in {*expected, *weights} if not k.startswith(skip)}
     missing = [k for k in expected if k in kept and k not in weights]
     unexpected = [k for k in weights if k in kept and k not in expected]
     mismatched = [(k, v.shape, tuple(expected[k].shape)) for k, v in weights.items()

@@ -253,6 +253,15 @@ def test_checkpoint_key_errors(source, tmp_path):
     assert not np.any(read_state_dict(str(path))['head.weight'])  # default: 'model' (the zero decoy)
 
 
+def test_use_ema_on_a_run_without_ema_names_the_flags(source, tmp_path):
+    path = tmp_path / 'checkpoint-latest.pd'
+    paddle.save({'model': source.state_dict(), 'model_ema': None, 'args': {}}, str(path))  # train.py without EMA
+    with pytest.raises(KeyError, match=r'no EMA weights in this file \(train\.py keeps them with --model_ema\); '
+                                       r'drop --use_ema'):
+        read_state_dict(str(path), key='model_ema')
+    assert '--model_ema' in _flags('train.py') and '--use_ema' in _flags('eval.py')
+
+
 def test_tags_resolve_to_known_urls(monkeypatch, tmp_path):
     fetched = []
     monkeypatch.setattr(cvt_weights, 'download_url', lambda url, **kw: fetched.append(url) or str(tmp_path))
