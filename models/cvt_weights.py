@@ -7,7 +7,7 @@ PaddleClas `.pdparams` (same names as ours), and this repo's own state dicts and
 """
 import os
 import re
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -74,12 +74,7 @@ _HF_STAGE = re.compile(r'^(?:cvt\.)?encoder\.stages\.(\d+)\.(.+)$')
 _HF_LAYER = re.compile(r'^layers\.(\d+)\.(.+)$')
 
 
-def pretrained_tags() -> List[str]:
-    """Every tag `load_weights` resolves: bare model names and 'model.source'."""
-    return [tag for model, urls in PRETRAINED_URLS.items() for tag in [model] + [f'{model}.{s}' for s in urls]]
-
-
-def tag_url(tag: str) -> Optional[str]:
+def _tag_url(tag: str) -> Optional[str]:
     """The URL a known tag stands for, None when `tag` names no model of the table."""
     model, _, source = tag.partition('.')
     if model not in PRETRAINED_URLS:
@@ -114,7 +109,7 @@ def resolve_source(source: str) -> str:
         return source
     if source.startswith(('http://', 'https://')):
         return download_url(source)
-    url = tag_url(source)
+    url = _tag_url(source)
     if url is None:
         raise FileNotFoundError(f"{source}: no such file, nor an http(s) URL or a known weights tag "
                                 f"({', '.join(PRETRAINED_URLS)}, optionally '.<source>')")
