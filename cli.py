@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -16,11 +17,11 @@ from tqdm import tqdm
 
 from datasets.imagenet import IMG_EXTENSIONS, is_image_file, load_rgb, read_label_names
 from datasets.transforms import resolve_data_cfg
-from models import create_model
+from models import create_model, load_weights, resolve_source
 from utils.config import ArgumentParser, HelpFormatter
 from utils.fileio import StorageError, atomic_write
 from utils.torch_pickle import load_checkpoint as read_checkpoint
-from utils.weights import load_weights
+from utils.weights import is_safetensors
 
 # Errors a user can cause with input (missing files, bad YAML, wrong checkpoints, unknown names) or
 # fix on the machine (a full disk, a read-only output folder).
@@ -78,8 +79,9 @@ def run_args_for(checkpoint: str) -> dict:
 
     A checkpoint carries its run's class count and eval preprocessing this way, so eval, predict and
     export use what training used without repeating flags, whatever the file is called or where it lies.
+    Torch zips and safetensors (released weights) carry no run settings and are not read here.
     """
-    if not checkpoint.endswith('.pd') or not os.path.isfile(checkpoint):
+    if not os.path.isfile(checkpoint) or zipfile.is_zipfile(checkpoint) or is_safetensors(checkpoint):
         return {}
     state = read_checkpoint(checkpoint)
     args = state.get('args') if isinstance(state, dict) else None
@@ -90,19 +92,20 @@ def load_model(name: str, resume: Optional[str] = None, pretrained: Optional[str
                use_ema: bool = False, num_classes: Optional[int] = None):
     """Create `name`, load its weights strictly (EMA copy with `use_ema`) and switch to eval mode.
 
-    With a train.py checkpoint, its run's num_classes and eval preprocessing (input_size, crop_pct,
-    interpolation) become the model's defaults unless given here or by flags later.
+    A train.py checkpoint means the same whichever of `resume`/`pretrained` names it: its run's num_classes
+    and eval preprocessing (input_size, crop_pct, interpolation) become the model's, unless given here
+    (num_classes) or by flags later (the protocol).
     """
     if not (resume or pretrained):
         raise ValueError(NO_WEIGHTS_HINT)
-    run_args = run_args_for(resume) if resume else {}
+    path = resolve_source(resume or pretrained)
+    run_args = run_args_for(path)
     num_classes = num_classes or run_args.get('num_classes')
     model = create_model(name, **({'num_classes': num_classes} if num_classes else {}))
-    load_weights(model, resume or pretrained, key='model_ema' if use_ema else None)
+    load_weights(model, path, key='model_ema' if use_ema else None)
     if run_args:
-        model.default_cfg.update(resolve_data_cfg(model.default_cfg, input_size=run_args.get('input_size'),
-                                                  crop_pct=run_args.get('crop_pct'),
-                                                  interpolation=run_args.get('interpolation')))
+        model.default_cfg.update(resolve_data_cfg(model.default_cfg, **{
+            k: run_args.get(k) for k in ('input_size', 'crop_pct', 'interpolation')}))
     model.eval()
     return model
 

@@ -102,8 +102,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   num_images=stats['num_images'], img_size=data_cfg['input_size'][-1],
                   crop_pct=data_cfg['crop_pct'], crop_mode=data_cfg['crop_mode'],
                   interpolation=data_cfg['interpolation'])
+    protocol = (f"{result['img_size']}px, crop_pct {result['crop_pct']}, {result['interpolation']}, "
+                f"{result['crop_mode']}")
     print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.3f} "
-          f"({stats['num_images']} images)")
+          f"({stats['num_images']} images; {protocol})")
     report(result, args.output_json)
     return 0
 

@@ -21,7 +21,7 @@ from datasets.loader import build_loader
 from datasets.mixup import Mixup
 from datasets.transforms import build_transform, resolve_data_cfg
 from engine import NonFiniteLossError, StopRequested, TrainState, train_one_epoch
-from models import create_model
+from models import create_model, load_weights
 from utils.amp import AmpConfig, build_grad_scaler, decorate_o2
 from utils.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager, RunLock,
                               TrainingCheckpoint, differing_settings, load_training_state)
@@ -37,7 +37,6 @@ from utils.optim import build_optimizer
 from utils.preemption import EXIT_PREEMPTED, PreemptionHandler
 from utils.scheduler import CosineScheduler, scale_lr
 from utils.trackers import build_trackers
-from utils.weights import load_weights
 
 _logger = get_logger('train')
 

@@ -2,6 +2,8 @@
 import difflib
 from typing import Callable, Dict, List, Optional
 
+from .cvt_weights import load_weights
+
 _MODELS: Dict[str, Callable] = {}
 _CFGS: Dict[str, dict] = {}
 
@@ -40,6 +42,5 @@ def create_model(name: str, pretrained: Optional[str] = None, **overrides):
     model = _MODELS[name](**overrides)
     model.default_cfg = dict(_CFGS[name], num_classes=model.num_classes)
     if pretrained:
-        from utils.weights import load_weights
         load_weights(model, pretrained)
     return model

@@ -1,8 +1,10 @@
 """eval.py: metrics equal a direct forward pass over the split, EMA weights, list files, 2-process launch,
-progress (a bar on a terminal, log lines elsewhere)."""
+progress (a bar on a terminal, log lines elsewhere), and a train.py checkpoint evaluated with its own class
+count and protocol whichever flag names it."""
 import json
 import re
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +87,8 @@ def test_eval_equals_direct_forward_and_reports_protocol(data_dir, checkpoint, t
     assert (result['img_size'], result['crop_pct'], result['crop_mode'], result['interpolation']) == \
         (64, 0.875, 'center', 'bicubic')
     printed = capsys.readouterr().out
-    assert f"* Acc@1 {result['acc1']:.3f} Acc@5 100.000" in printed and '(7 images)' in printed
+    assert f"* Acc@1 {result['acc1']:.3f} Acc@5 100.000" in printed
+    assert '(7 images; 64px, crop_pct 0.875, bicubic, center)' in printed
     assert json.loads(printed.strip().splitlines()[-1]) == result
 
 
@@ -218,3 +221,36 @@ def test_eval_on_a_terminal_shows_a_bar_instead(eval_log_lines, capsys, monkeypa
     evaluate(paddle.nn.Linear(4, 6), _Loader(20))
     assert eval_log_lines == []
     assert re.search(r'eval: +0%.*0/20', capsys.readouterr().err)
+
+
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory):
+    """A real train.py checkpoint (1 epoch) whose run settings differ from cvt_tiny's defaults: 4 classes,
+    32 px, crop_pct 0.9, bilinear."""
+    pytest.importorskip('sklearn', reason='the digits dataset comes from scikit-learn (requirements-dev.txt)')
+    from tools.make_demo_dataset import write_digits_dataset
+    import train
+    root = tmp_path_factory.mktemp('run')
+    write_digits_dataset(str(root / 'data'), image_size=32, num_classes=4, per_class=10)
+    assert train.main([str(root / 'data'), '--output', str(root), '--experiment', 'run', '--model', 'cvt_tiny',
+                       '--input_size', '32', '--crop_pct', '0.9', '--interpolation', 'bilinear', '--epochs', '1',
+                       '--batch_size', '8', '--lr', '1e-3', '--no_amp', '--num_workers', '0',
+                       '--save_freq', '0']) == 0
+    return root / 'data', root / 'run' / 'checkpoint-latest.pd'
+
+
+def test_resume_and_pretrained_of_a_checkpoint_give_the_same_model_and_protocol(trained_run, tmp_path, capsys):
+    data, ckpt = trained_run
+    resumed = _run_eval([data, '--model', 'cvt_tiny', '--resume', ckpt], tmp_path)
+    printed = capsys.readouterr().out
+    renamed = tmp_path / 'digits.pdparams'  # the run settings travel in the file, whatever it is called
+    shutil.copy(ckpt, renamed)
+    pretrained = _run_eval([data, '--model', 'cvt_tiny', '--pretrained', renamed], tmp_path)
+    assert {k: v for k, v in resumed.items() if k != 'weights'} == \
+        {k: v for k, v in pretrained.items() if k != 'weights'}
+    assert (resumed['num_images'], resumed['img_size'], resumed['crop_pct'], resumed['interpolation'],
+            resumed['crop_mode']) == (8, 32, 0.9, 'bilinear', 'center')
+    assert "(8 images; 32px, crop_pct 0.9, bilinear, center)" in printed
+    explicit = _run_eval([data, '--model', 'cvt_tiny', '--pretrained', renamed, '--crop_pct', '1.0',
+                          '--interpolation', 'bicubic'], tmp_path)
+    assert (explicit['crop_pct'], explicit['interpolation']) == (1.0, 'bicubic')  # flags given still win

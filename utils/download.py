@@ -1,14 +1,15 @@
-"""Download a file once into a local cache (atomic write, optional sha256 check), with urllib only."""
+"""Download a file once into a local cache (atomic write, optional sha256 check, no leftovers), with urllib only."""
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Optional
+from typing import List, Optional
 
 from tqdm import tqdm
+
+from utils.fileio import atomic_write
 
 _CHUNK = 1 << 20
 
@@ -36,12 +37,54 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _fetch(url: str, dst: str, sha256: Optional[str], progress: bool) -> None:
-    """Stream `url` into a temp file next to `dst`, check its hash, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), prefix='.' + os.path.basename(dst), suffix='.part')
+class DownloadError(ConnectionError):
+    """A download that failed for a network reason; `url` and `reason` let a caller say what to do next."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f'{url}: download failed ({reason})')
+        self.url, self.reason = url, reason
+
+
+def _open(url: str):
+    """The HTTP response for `url`; a missing file is FileNotFoundError, any other failure a DownloadError."""
     try:
-        digest, received = hashlib.sha256(), 0
-        with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(url, timeout=60) as response:
+        return urllib.request.urlopen(url, timeout=60)
+    except urllib.error.HTTPError as err:
+        if err.code in (404, 410):
+            raise FileNotFoundError(f'{url}: HTTP {err.code} {err.reason}') from None
+        raise DownloadError(url, f'HTTP {err.code} {err.reason}') from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as err:
+        raise DownloadError(url, str(getattr(err, 'reason', None) or err)) from None
+
+
+def _folders_to_create(path: str) -> List[str]:
+    """The folders that writing `path` creates, deepest first."""
+    folders, folder = [], os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder):
+        folders.append(folder)
+        folder = os.path.dirname(folder)
+    return folders
+
+
+def _remove_empty(folders: List[str]) -> None:
+    for folder in folders:  # deepest first; stop at the first one something else has written into
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
+def _fetch(url: str, dst: str, sha256: Optional[str], progress: bool) -> None:
+    """Stream `url` into `dst` through `atomic_write`, checking its length and hash before it takes the name.
+
+    The connection is opened before any folder is made, and a failure later removes the folders this
+    download created, so a failed download leaves the cache as it was.
+    """
+    response = _open(url)
+    new_folders = _folders_to_create(dst)
+    try:
+        with response, atomic_write(dst) as tmp, open(tmp, 'wb') as out:
+            digest, received = hashlib.sha256(), 0
             total = int(response.headers.get('Content-Length') or 0) or None
             with tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, disable=not progress,
                       desc=os.path.basename(dst)) as bar:
@@ -50,22 +93,17 @@ def _fetch(url: str, dst: str, sha256: Optional[str], progress: bool) -> None:
                     digest.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-        if total and received != total:
-            raise ConnectionError(f'got {received} of {total} bytes')
-        got = digest.hexdigest()
-        if sha256 and got != sha256.lower():
-            raise ValueError(f'{url}: sha256 mismatch, expected {sha256.lower()}, got {got}')
-        os.replace(tmp, dst)
-    except urllib.error.HTTPError as err:
-        if err.code in (404, 410):
-            raise FileNotFoundError(f'{url}: HTTP {err.code} {err.reason}') from None
-        raise ConnectionError(f'{url}: download failed (HTTP {err.code} {err.reason})') from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as err:
-        reason = getattr(err, 'reason', None) or err
-        raise ConnectionError(f'{url}: download failed ({reason})') from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            if total and received != total:
+                raise DownloadError(url, f'got {received} of {total} bytes')
+            got = digest.hexdigest()
+            if sha256 and got != sha256.lower():
+                raise ValueError(f'{url}: sha256 mismatch, expected {sha256.lower()}, got {got}')
+    except BaseException as err:
+        _remove_empty(new_folders)
+        if isinstance(err, (TimeoutError, ConnectionError, http.client.HTTPException)) \
+                and not isinstance(err, DownloadError):  # the connection broke mid-stream
+            raise DownloadError(url, str(err)) from None
+        raise
 
 
 def download_url(url: str, cache_dir: Optional[str] = None, sha256: Optional[str] = None,
@@ -78,6 +116,5 @@ def download_url(url: str, cache_dir: Optional[str] = None, sha256: Optional[str
     dst = cache_path(url, cache_dir)
     if os.path.isfile(dst) and (not sha256 or file_sha256(dst) == sha256.lower()):
         return dst
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
     _fetch(url, dst, sha256, progress)
     return dst

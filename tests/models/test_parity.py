@@ -12,7 +12,7 @@ import paddle
 import pytest
 
 from models import create_model
-from utils.weights import load_weights
+from models import load_weights
 
 FIXTURES = Path(__file__).resolve().parents[1] / 'fixtures' / 'parity'
 META = json.loads((FIXTURES / 'meta.json').read_text())

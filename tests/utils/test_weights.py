@@ -1,8 +1,9 @@
-"""utils/weights.py + tools/convert_weights.py: every weight source round-trips into cvt_tiny exactly,
-and wrong files fail with one line that names the file and the offending keys."""
+"""utils/weights.py + models/cvt_weights.py + tools/convert_weights.py: every weight source round-trips into
+cvt_tiny exactly, and wrong files fail with one line that names the file, the offending keys and the flag to use."""
 import json
 import logging
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,12 @@ from safetensors.numpy import save_file
 
 from models import create_model
 from models.cvt import ConvolutionalVisionTransformer
+from models import cvt_weights
+from models.cvt_weights import PRETRAINED_URLS, convert_state_dict, load_weights, resolve_source
 from torch_files import Storage, Tensor, write_torch_zip
-from utils import weights
-from utils.weights import (PRETRAINED_URLS, convert_state_dict, load_weights, pretrained_tags, read_state_dict,
-                           resolve_source, save_state_dict)
+from utils.config import build_train_parser
+from utils.download import cache_path
+from utils.weights import read_state_dict, save_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,7 +141,7 @@ def test_round_trip_gives_identical_outputs(fmt, source, images, tmp_path):
     path, key = _write(fmt, source, tmp_path)
     model = _fresh()
     report = load_weights(model, str(path), key=key)
-    assert report['loaded'] == len(model.state_dict()) and not report['missing'] and not report['skipped']
+    assert report['loaded'] == len(model.state_dict()) and not report['skipped']
     assert report['format'] == {'official': 'official', 'hf': 'hf'}.get(fmt.split('_')[0], 'paddle')
     np.testing.assert_array_equal(_outputs(model, images), _outputs(source, images))
 
@@ -165,38 +168,53 @@ def test_wrong_variant_names_shapes(source, tmp_path):
     assert "unexpected 'stage2.blocks.1." in message
 
 
-def test_other_class_count_hints_at_head_skip(source, tmp_path):
+def _flags(script: str) -> set:
+    """Every option string of a script's parser, as a CLI user can type it."""
+    if script == 'train.py':
+        parser = build_train_parser()
+    else:
+        parser = runpy.run_path(str(ROOT / script))['build_parser']()
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
+def test_other_class_count_names_the_flags_that_fix_it(source, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / 'tools'))  # tools/convert_weights.py imports tools/_bootstrap
     path, _ = _write('official_pth', source, tmp_path)
-    with pytest.raises(ValueError, match=r"'head\.weight' has shape \[64, 1000\], expected \[64, 10\].*"
-                                         r"skip=\('head\.',\)"):
+    with pytest.raises(ValueError) as info:
         load_weights(_fresh(num_classes=10), str(path))
+    message = str(info.value)
+    assert "'head.weight' has shape [64, 1000], expected [64, 10]" in message and 'skip=' not in message
+    assert '--num_classes 1000' in message and 'train.py --finetune' in message
+    for script in ('eval.py', 'predict.py', 'export_model.py', 'tools/convert_weights.py', 'train.py'):
+        assert '--num_classes' in _flags(script), script
+    assert '--finetune' in _flags('train.py')
 
 
-def test_head_skip_loads_the_rest_and_logs(source, tmp_path, caplog):
+def test_head_reinitialised_only_when_its_shape_differs_and_logged(source, tmp_path, caplog):
     path, _ = _write('hf_safetensors', source, tmp_path)
     model = _fresh(num_classes=10)
     head_before = model.head.weight.numpy().copy()
     with caplog.at_level(logging.INFO, logger='utils.weights'):
-        report = load_weights(model, str(path), skip=('head.',))
+        report = load_weights(model, str(path), skip_if_mismatched=('head.',))
     assert report['skipped'] == ['head.weight', 'head.bias']
-    skipped_logs = [r.getMessage() for r in caplog.records if 'skipping' in r.getMessage()]
+    skipped_logs = [r.getMessage() for r in caplog.records if 're-initialising' in r.getMessage()]
     assert len(skipped_logs) == 2 and "'head.weight'" in skipped_logs[0] and '[64, 1000]' in skipped_logs[0]
     np.testing.assert_array_equal(model.head.weight.numpy(), head_before)
     expected = source.state_dict()
     for name, value in model.state_dict().items():
         if not name.startswith('head.'):
             np.testing.assert_array_equal(value.numpy(), expected[name].numpy(), err_msg=name)
+    same = _fresh()
+    assert load_weights(same, str(path), skip_if_mismatched=('head.',))['skipped'] == []
+    np.testing.assert_array_equal(same.head.weight.numpy(), source.head.weight.numpy())
 
 
-def test_non_strict_reports_missing(source, tmp_path, caplog):
+def test_missing_key_is_named(source, tmp_path):
     state = {k: v for k, v in source.state_dict().items() if k != 'norm.bias'}
     path = tmp_path / 'partial.pdparams'
     paddle.save(state, str(path))
     with pytest.raises(ValueError, match=r"missing 'norm\.bias'"):
         load_weights(_fresh(), str(path))
-    with caplog.at_level(logging.WARNING, logger='utils.weights'):
-        report = load_weights(_fresh(), str(path), strict=False)
-    assert report['missing'] == ['norm.bias'] and 'norm.bias' in caplog.text
 
 
 def test_unknown_format_names_first_keys(tmp_path):
@@ -230,14 +248,23 @@ def test_checkpoint_key_errors(source, tmp_path):
     path, _ = _write('repo_checkpoint', source, tmp_path)
     with pytest.raises(KeyError, match=r"no entry 'ema' \(top-level entries: 'model', 'model_ema', 'epoch'"):
         read_state_dict(str(path), key='ema')
-    with pytest.raises(ValueError, match=r"entry 'args' holds no state dict"):
+    with pytest.raises(ValueError, match=r"entry 'args' holds no state dict.*--use_ema for 'model_ema'"):
         read_state_dict(str(path), key='args')
     assert not np.any(read_state_dict(str(path))['head.weight'])  # default: 'model' (the zero decoy)
 
 
+def test_use_ema_on_a_run_without_ema_names_the_flags(source, tmp_path):
+    path = tmp_path / 'checkpoint-latest.pd'
+    paddle.save({'model': source.state_dict(), 'model_ema': None, 'args': {}}, str(path))  # train.py without EMA
+    with pytest.raises(KeyError, match=r'no EMA weights in this file \(train\.py keeps them with --model_ema\); '
+                                       r'drop --use_ema'):
+        read_state_dict(str(path), key='model_ema')
+    assert '--model_ema' in _flags('train.py') and '--use_ema' in _flags('eval.py')
+
+
 def test_tags_resolve_to_known_urls(monkeypatch, tmp_path):
     fetched = []
-    monkeypatch.setattr(weights, 'download_url', lambda url, **kw: fetched.append(url) or str(tmp_path))
+    monkeypatch.setattr(cvt_weights, 'download_url', lambda url, **kw: fetched.append(url) or str(tmp_path))
     resolve_source('cvt_13_224x224')
     resolve_source('cvt_13_384x384.hf_in22k')
     resolve_source('cvt_w24_384x384.paddleclas_in22k')
@@ -245,7 +272,6 @@ def test_tags_resolve_to_known_urls(monkeypatch, tmp_path):
                        'https://huggingface.co/microsoft/cvt-13-384-22k/resolve/main/pytorch_model.bin',
                        'https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/'
                        'CvT_W24_384_22kto1k_pretrained.pdparams']
-    assert 'cvt_21_384x384.paddleclas' in pretrained_tags()
     with pytest.raises(ValueError, match=r"cvt_13_224x224\.timm: unknown weights tag .*cvt_13_224x224\.hf"):
         resolve_source('cvt_13_224x224.timm')
 
@@ -260,6 +286,15 @@ def test_save_state_dict_is_atomic_and_loadable(source, images, tmp_path):
     np.testing.assert_array_equal(_outputs(model, images), _outputs(source, images))
     save_state_dict({'w': paddle.to_tensor([1.5, -2.0]).astype('bfloat16')}, str(path))
     np.testing.assert_array_equal(read_state_dict(str(path))['w'], np.array([1.5, -2.0], np.float32))
+
+
+def test_convert_weights_list_gives_every_tag_its_url_and_cache_path(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / 'tools'))
+    assert runpy.run_path(str(ROOT / 'tools/convert_weights.py'))['main'](['--list']) == 0
+    printed = capsys.readouterr().out
+    for model, urls in PRETRAINED_URLS.items():
+        for source, url in urls.items():
+            assert f'{model}.{source}' in printed and url in printed and f'cache: {cache_path(url)}' in printed
 
 
 def _convert_cli(*args):
@@ -284,20 +319,3 @@ def test_convert_weights_cli(source, images, tmp_path):
     assert failed.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'nope.pth'}: no such file, nor an http(s) URL or a known weights tag "
         f"({known}, optionally '.<source>')")
-
-
-def test_skip_if_mismatched_reinitialises_only_a_different_head(tmp_path):
-    import paddle
-    from models import create_model
-    from utils.weights import load_weights, save_state_dict
-    paddle.seed(0)
-    src = create_model('cvt_tiny', num_classes=10)
-    path = str(tmp_path / 'w.pdparams')
-    save_state_dict(src.state_dict(), path)
-    same = create_model('cvt_tiny', num_classes=10)
-    assert load_weights(same, path, skip_if_mismatched=('head.',))['skipped'] == []
-    assert paddle.equal_all(same.head.weight, src.head.weight)
-    other = create_model('cvt_tiny', num_classes=3)
-    report = load_weights(other, path, skip_if_mismatched=('head.',))
-    assert sorted(report['skipped']) == ['head.bias', 'head.weight']
-    assert paddle.equal_all(other.norm.weight, src.norm.weight)

@@ -1,7 +1,7 @@
 """Compare our Paddle CvT against the PyTorch reference logits written by make_parity_fixtures.py.
 
 Runs in the repo venv (no torch): each weight file listed in DIR/meta.json goes through
-`utils.weights.load_weights` into a fresh `create_model(MODEL, num_classes=...)`, which then runs
+`models.load_weights` into a fresh `create_model(MODEL, num_classes=...)`, which then runs
 in eval mode, fp32, on every saved input. Prints the max |logit difference| per file and input size,
 then one JSON line; exits 1 when the worst difference is above --tol.
 
@@ -34,7 +34,7 @@ def max_logit_diffs(fixture_dir: Path, model_name: str) -> Dict[str, Dict[str, f
     """{weight file: {input size: max |our logits - reference logits|}} over all fixtures in the folder."""
     import paddle
     from models import create_model
-    from utils.weights import load_weights
+    from models import load_weights
 
     meta = read_meta(fixture_dir)
     diffs = {}

@@ -4,7 +4,7 @@ The reference is transformers' `CvtForImageClassification` with every MLP activa
 GELU to QuickGELU, which makes it compute what the official microsoft/CvT model computes. Its weights are
 filled with seeded random, non-trivial values (BatchNorm statistics, norm scales, biases, cls token), and
 are saved three ways: the official microsoft/CvT state-dict layout (`official.pth`, key names written out
-below independently of utils/weights.py) and the Hugging Face layout (`pytorch_model.bin`,
+below independently of models/cvt_weights.py) and the Hugging Face layout (`pytorch_model.bin`,
 `model.safetensors`, `config.json`). Inputs and eval-mode fp32 logits go next to them as `.npy`.
 
 Run it with a throwaway torch environment (not the repo venv), then check with the repo venv:
