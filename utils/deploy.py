@@ -186,6 +186,47 @@ def read_inference_cfg(model_dir: str) -> dict:
     return cfg
 
 
+# The instruction sets the reduced precisions need: int8 GEMMs at full rate (VNNI) and bf16 math
+ISA_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')
+BF16_FLAGS = ('avx512_bf16', 'amx_bf16')
+
+
+def cpu_summary(cpuinfo: Optional[str] = None) -> dict:
+    """Model name, family/model and which of ISA_FLAGS the first processor of `cpuinfo` lists (default:
+    this machine's /proc/cpuinfo; empty where there is none)."""
+    if cpuinfo is None:
+        try:
+            with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
+                cpuinfo = f.read(1 << 16)
+        except OSError:
+            cpuinfo = ''
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(':')
+        if not key.strip() and fields:  # the blank line after the first processor
+            break
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get('flags', '').split())
+    return dict(model_name=fields.get('model name', 'unknown'), family=fields.get('cpu family'),
+                model=fields.get('model'), flags={flag: flag in flags for flag in ISA_FLAGS})
+
+
+def format_cpu_summary(cpu: dict) -> str:
+    """One line, e.g. 'CPU: AMD EPYC (family 25, model 1); /proc/cpuinfo lists avx2; not avx512f, ...'."""
+    listed = [f for f, present in cpu['flags'].items() if present]
+    missing = [f for f, present in cpu['flags'].items() if not present]
+    return (f"CPU: {cpu['model_name']} (family {cpu['family']}, model {cpu['model']}); "
+            f"/proc/cpuinfo lists {', '.join(listed) or 'none of ' + ', '.join(ISA_FLAGS)}"
+            + (f"; not {', '.join(missing)}" if listed and missing else ''))
+
+
+def missing_bf16_flags(cpu: dict) -> Optional[str]:
+    """Why this CPU has no bf16 math, naming the flags /proc/cpuinfo does not list; None when it lists one."""
+    if any(cpu['flags'][flag] for flag in BF16_FLAGS):
+        return None
+    return f"this CPU lists neither {' nor '.join(BF16_FLAGS)} in /proc/cpuinfo"
+
+
 BACKENDS = ('paddle', 'onnxruntime', 'openvino')
 PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
 OPENVINO_PACKAGE = 'pip install openvino'
@@ -226,8 +267,9 @@ def check_device_options(backend: str, use_gpu: bool, use_tensorrt: bool, precis
     if precision == 'fp16' and not use_gpu:
         raise ValueError('--precision fp16 needs --use_gpu (CPU inference runs fp32)')
     if precision == 'bf16':
-        reason = ('Paddle finds no bf16 kernels on this CPU (paddle.base.core.supports_bfloat16() is False)'
-                  if not paddle.base.core.supports_bfloat16() else 'its oneDNN bf16 path is untested on these exports')
+        reason = (missing_bf16_flags(cpu_summary()) or
+                  ('Paddle finds no bf16 kernels on this CPU (paddle.base.core.supports_bfloat16() is False)'
+                   if not paddle.base.core.supports_bfloat16() else 'its oneDNN bf16 path is untested on these exports'))
         raise ValueError(f'--precision bf16 is not offered on Paddle Inference: {reason}; use --backend openvino '
                          f'--precision bf16 where OpenVINO supports it, or fp32')
     if precision == 'int8' and not use_tensorrt:
@@ -316,8 +358,8 @@ def _openvino_predictor(onnx_file: str, precision: str, cpu_threads: int) -> Cal
     core = openvino.Core()
     capabilities = openvino_cpu_capabilities(core)
     if precision == 'bf16' and 'BF16' not in capabilities:
-        raise ValueError(f"--precision bf16: OpenVINO finds no bf16 math on this CPU (it needs AVX512_BF16 or AMX; "
-                         f"CPU capabilities: {', '.join(capabilities)}) and would run fp32; use --precision fp32 or int8")
+        reason = missing_bf16_flags(cpu_summary()) or f"OpenVINO reports no bf16 math ({', '.join(capabilities)})"
+        raise ValueError(f'--precision bf16: {reason}, so OpenVINO would run fp32; use --precision fp32 or int8')
     # bf16 is a hint for the fp32 ops; int8 graphs keep fp32 between their quantised ops
     config = {'INFERENCE_NUM_THREADS': cpu_threads, 'PERFORMANCE_HINT': 'LATENCY',
               'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32'}
