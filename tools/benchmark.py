@@ -9,9 +9,10 @@ cost on a real photo: max |probability difference| and top-1 against dygraph fp3
 backward, AdamW step, clear grad) for dygraph and torch, both in train mode (drop path on).
 
 Random weights (speed does not depend on them), fixed batches of random pixels, warm-up runs, then
-the median of timed runs. A line names the CPU and which of the instruction sets bf16 and fast int8 need
-(AVX-512 VNNI/BF16, AVX-VNNI, AMX) its /proc/cpuinfo lists, since those decide the reduced-precision rows. Each backend runs in its own process with OMP_NUM_THREADS set to
---threads, so no backend inherits another's thread pools or caches.
+the median of timed runs. Each backend runs in its own process with OMP_NUM_THREADS set to --threads,
+so no backend inherits another's thread pools or caches. A line names the CPU and which instruction
+sets for bf16 and fast int8 (AVX-512 VNNI/BF16, AVX-VNNI, AMX) its /proc/cpuinfo lists: they decide
+the reduced-precision rows.
 """
 import argparse
 import json

@@ -267,9 +267,9 @@ def check_device_options(backend: str, use_gpu: bool, use_tensorrt: bool, precis
     if precision == 'fp16' and not use_gpu:
         raise ValueError('--precision fp16 needs --use_gpu (CPU inference runs fp32)')
     if precision == 'bf16':
-        reason = (missing_bf16_flags(cpu_summary()) or
-                  ('Paddle finds no bf16 kernels on this CPU (paddle.base.core.supports_bfloat16() is False)'
-                   if not paddle.base.core.supports_bfloat16() else 'its oneDNN bf16 path is untested on these exports'))
+        reason = missing_bf16_flags(cpu_summary()) or (
+            'Paddle finds no bf16 kernels on this CPU (paddle.base.core.supports_bfloat16() is False)'
+            if not paddle.base.core.supports_bfloat16() else 'its oneDNN bf16 path is untested on these exports')
         raise ValueError(f'--precision bf16 is not offered on Paddle Inference: {reason}; use --backend openvino '
                          f'--precision bf16 where OpenVINO supports it, or fp32')
     if precision == 'int8' and not use_tensorrt:
