@@ -21,10 +21,16 @@ except (ImportError, ValueError) as err:  # paddle2onnx 2.x refuses Paddle 2.x a
 from models import create_model  # noqa: E402
 from utils import deploy  # noqa: E402
 from cli import run_main  # noqa: E402
-from utils.deploy import build_predictor, graph_to_probs, read_inference_cfg  # noqa: E402
+from utils.deploy import build_predictor, graph_to_probs, missing_bf16_flags, read_inference_cfg  # noqa: E402
+from utils.env import cpu_summary  # noqa: E402
 from tests.scripts import one_line_error, script_main  # noqa: E402
 
 NUM_CLASSES = 3
+NO_BF16_CPUINFO = 'flags\t\t: fpu sse2 avx avx2 fma\n'  # a Zen 3's, as far as bf16 goes
+BF16_CPUINFO = 'flags\t\t: avx2 avx512f avx512_vnni avx512_bf16\n'  # a Zen 4's
+NO_BF16 = missing_bf16_flags(cpu_summary()) or (
+    None if 'BF16' in openvino.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+    else "OpenVINO's CPU plugin reports no bf16 math on this CPU")
 
 
 @pytest.fixture(scope='module')
@@ -93,8 +99,7 @@ def test_infer_openvino_and_int8_flags(exported, capsys):
     assert len(_infer(out, root / 'images', capsys, '--backend', 'openvino', '--precision', 'int8')) == 6
 
 
-@pytest.mark.skipif('BF16' not in openvino.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'),
-                    reason="OpenVINO's CPU plugin reports no bf16 math on this CPU")
+@pytest.mark.skipif(NO_BF16 is not None, reason=f'bf16 cannot be measured here: {NO_BF16}')
 def test_openvino_bf16_is_close_to_fp32(exported):
     _, out = exported
     cfg = read_inference_cfg(str(out))
@@ -108,12 +113,27 @@ def _infer_error(argv, capsys) -> str:
     return one_line_error('infer.py', argv, capsys)
 
 
-def test_bf16_refused_where_openvino_has_no_bf16(exported, monkeypatch, capsys):
+@pytest.mark.parametrize('cpuinfo, expected', [
+    (NO_BF16_CPUINFO, '--precision bf16: this CPU lists neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo, '
+                    'so OpenVINO would run fp32'),
+    (BF16_CPUINFO, '--precision bf16: OpenVINO reports no bf16 math (FP32, INT8), so OpenVINO would run fp32'),
+])
+def test_bf16_refusal_names_the_missing_cpu_flag(cpuinfo, expected, exported, monkeypatch, capsys):
     root, out = exported
     monkeypatch.setattr(deploy, 'openvino_cpu_capabilities', lambda core: ['FP32', 'INT8'])
+    monkeypatch.setattr(deploy, 'cpu_summary', lambda: cpu_summary(cpuinfo))
     err = _infer_error(['--model_dir', str(out), '--input_file', str(root / 'images'), '--backend', 'openvino',
                         '--precision', 'bf16'], capsys)
-    assert '--precision bf16: OpenVINO finds no bf16 math on this CPU' in err
+    assert expected in err
+
+
+def test_paddle_inference_bf16_refusal_names_the_missing_cpu_flag(exported, monkeypatch, capsys):
+    root, out = exported
+    monkeypatch.setattr(deploy, 'cpu_summary', lambda: cpu_summary(NO_BF16_CPUINFO))
+    err = _infer_error(['--model_dir', str(out), '--input_file', str(root / 'images'), '--precision', 'bf16'],
+                       capsys)
+    assert ('--precision bf16 is not offered on Paddle Inference: this CPU lists neither avx512_bf16 nor amx_bf16 '
+            'in /proc/cpuinfo') in err
 
 
 @pytest.mark.parametrize('flags, expected', [

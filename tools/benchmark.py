@@ -9,8 +9,10 @@ cost on a real photo: max |probability difference| and top-1 against dygraph fp3
 backward, AdamW step, clear grad) for dygraph and torch, both in train mode (drop path on).
 
 Random weights (speed does not depend on them), fixed batches of random pixels, warm-up runs, then
-the median of timed runs. Each backend runs in its own process with OMP_NUM_THREADS set to
---threads, so no backend inherits another's thread pools or caches.
+the median of timed runs. Each backend runs in its own process with OMP_NUM_THREADS set to --threads,
+so no backend inherits another's thread pools or caches. A line names the CPU and which instruction
+sets for bf16 and fast int8 (AVX-512 VNNI/BF16, AVX-VNNI, AMX) its /proc/cpuinfo lists: they decide
+the reduced-precision rows.
 """
 import argparse
 import json
@@ -366,15 +368,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         load_before = os.getloadavg()
         measured = {backend: _time_backend(python, backend, spec, args) for backend, python in plan}
         load_after = os.getloadavg()
+    from utils.env import cpu_summary, format_cpu_summary
+    cpu = cpu_summary()
     results = {k: v['seconds'] for k, v in measured.items() if v}
     accuracy = accuracy_cost({k: v['probs'] for k, v in measured.items() if v})
     timed = 'one AdamW training step' if args.mode == 'train' else 'inference'
     print(f'{args.model} {timed}, {args.threads} threads, input {spec["input_size"]}, warm-up {args.warmup}, '
           f'median of {args.iters}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after '
           f'({os.cpu_count()} CPUs)')
+    print(format_cpu_summary(cpu))
     print(format_table(results, args.batch_sizes, args.mode, accuracy))
     record = dict(model=args.model, mode=args.mode, threads=args.threads, warmup=args.warmup, iters=args.iters,
-                  load_average=[load_before[0], load_after[0]], image=image,
+                  load_average=[load_before[0], load_after[0]], cpu=cpu, image=image,
                   skipped=[k for k, v in measured.items() if v is None],
                   accuracy_vs_dygraph={k: {'max_abs_prob_diff': d, 'top1_unchanged': same}
                                        for k, (d, same) in accuracy.items()},

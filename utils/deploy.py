@@ -14,6 +14,7 @@ import paddle
 import paddle.nn.functional as F
 import yaml
 
+from utils.env import cpu_summary
 
 MODEL_PREFIX = 'inference'
 MODEL_FILES = (f'{MODEL_PREFIX}.json', f'{MODEL_PREFIX}.pdmodel')  # Paddle 3 (PIR), Paddle 2.x
@@ -186,6 +187,16 @@ def read_inference_cfg(model_dir: str) -> dict:
     return cfg
 
 
+BF16_FLAGS = ('avx512_bf16', 'amx_bf16')  # either gives bf16 math
+
+
+def missing_bf16_flags(cpu: dict) -> Optional[str]:
+    """Why this CPU has no bf16 math, naming the flags /proc/cpuinfo does not list; None when it lists one."""
+    if any(cpu['flags'][flag] for flag in BF16_FLAGS):
+        return None
+    return f"this CPU lists neither {' nor '.join(BF16_FLAGS)} in /proc/cpuinfo"
+
+
 BACKENDS = ('paddle', 'onnxruntime', 'openvino')
 PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
 OPENVINO_PACKAGE = 'pip install openvino'
@@ -226,8 +237,9 @@ def check_device_options(backend: str, use_gpu: bool, use_tensorrt: bool, precis
     if precision == 'fp16' and not use_gpu:
         raise ValueError('--precision fp16 needs --use_gpu (CPU inference runs fp32)')
     if precision == 'bf16':
-        reason = ('Paddle finds no bf16 kernels on this CPU (paddle.base.core.supports_bfloat16() is False)'
-                  if not paddle.base.core.supports_bfloat16() else 'its oneDNN bf16 path is untested on these exports')
+        reason = missing_bf16_flags(cpu_summary()) or (
+            'Paddle finds no bf16 kernels on this CPU (paddle.base.core.supports_bfloat16() is False)'
+            if not paddle.base.core.supports_bfloat16() else 'its oneDNN bf16 path is untested on these exports')
         raise ValueError(f'--precision bf16 is not offered on Paddle Inference: {reason}; use --backend openvino '
                          f'--precision bf16 where OpenVINO supports it, or fp32')
     if precision == 'int8' and not use_tensorrt:
@@ -316,8 +328,8 @@ def _openvino_predictor(onnx_file: str, precision: str, cpu_threads: int) -> Cal
     core = openvino.Core()
     capabilities = openvino_cpu_capabilities(core)
     if precision == 'bf16' and 'BF16' not in capabilities:
-        raise ValueError(f"--precision bf16: OpenVINO finds no bf16 math on this CPU (it needs AVX512_BF16 or AMX; "
-                         f"CPU capabilities: {', '.join(capabilities)}) and would run fp32; use --precision fp32 or int8")
+        reason = missing_bf16_flags(cpu_summary()) or f"OpenVINO reports no bf16 math ({', '.join(capabilities)})"
+        raise ValueError(f'--precision bf16: {reason}, so OpenVINO would run fp32; use --precision fp32 or int8')
     # bf16 is a hint for the fp32 ops; int8 graphs keep fp32 between their quantised ops
     config = {'INFERENCE_NUM_THREADS': cpu_threads, 'PERFORMANCE_HINT': 'LATENCY',
               'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32'}

@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import warnings
+from typing import Optional
 
 # UserWarnings Paddle raises on every call of a code path these scripts use as intended.
 QUIET_WARNINGS = (
@@ -31,6 +32,44 @@ def uses_mkl_generic_path(cpuinfo: str) -> bool:
     return 'AuthenticAMD' in cpuinfo and ' avx2' in cpuinfo
 
 
+def read_cpuinfo() -> str:
+    """The start of /proc/cpuinfo (the first processors), or '' where there is none (not Linux)."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
+            return f.read(1 << 16)
+    except OSError:
+        return ''
+
+
+# The instruction sets the reduced precisions need: int8 GEMMs at full rate (VNNI) and bf16 math
+ISA_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')
+
+
+def cpu_summary(cpuinfo: Optional[str] = None) -> dict:
+    """Model name, family/model and which of ISA_FLAGS the first processor of `cpuinfo` lists (default:
+    this machine's /proc/cpuinfo; empty where there is none)."""
+    if cpuinfo is None:
+        cpuinfo = read_cpuinfo()
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(':')
+        if not key.strip() and fields:  # the blank line after the first processor
+            break
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get('flags', '').split())
+    return dict(model_name=fields.get('model name', 'unknown'), family=fields.get('cpu family'),
+                model=fields.get('model'), flags={flag: flag in flags for flag in ISA_FLAGS})
+
+
+def format_cpu_summary(cpu: dict) -> str:
+    """One line, e.g. 'CPU: AMD EPYC (family 25, model 1); /proc/cpuinfo lists avx2; not avx512f, ...'."""
+    listed = [f for f, present in cpu['flags'].items() if present]
+    missing = [f for f, present in cpu['flags'].items() if not present]
+    return (f"CPU: {cpu['model_name']} (family {cpu['family']}, model {cpu['model']}); "
+            f"/proc/cpuinfo lists {', '.join(listed) or 'none of ' + ', '.join(ISA_FLAGS)}"
+            + (f"; not {', '.join(missing)}" if listed and missing else ''))
+
+
 def configure_cpu_runtime() -> None:
     """Fill in what the user left unset:
 
@@ -43,14 +82,8 @@ def configure_cpu_runtime() -> None:
     if not os.environ.get('OMP_NUM_THREADS'):
         os.environ['OMP_NUM_THREADS'] = str(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
                                             else os.cpu_count() or 1)
-    if 'MKL_DEBUG_CPU_TYPE' not in os.environ:
-        try:
-            with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
-                cpuinfo = f.read(1 << 16)
-        except OSError:  # not Linux: leave MKL's own choice
-            cpuinfo = ''
-        if uses_mkl_generic_path(cpuinfo):
-            os.environ['MKL_DEBUG_CPU_TYPE'] = '5'
+    if 'MKL_DEBUG_CPU_TYPE' not in os.environ and uses_mkl_generic_path(read_cpuinfo()):
+        os.environ['MKL_DEBUG_CPU_TYPE'] = '5'
 
 
 def cpu_threads() -> int:

@@ -41,8 +41,10 @@ def quantize_onnx(onnx_file: str, output_dir: str, batches: List[np.ndarray]) ->
 
     OpenVINO: NNCF's transformer preset (activation ranges from `batches`, softmax, LayerNorm and the
     residual adds kept fp32, SmoothQuant and bias correction), saved as IR because OpenVINO cannot read
-    NNCF's QDQ ONNX of this graph. ONNX Runtime: its MatMuls with int8 weights and activation ranges
-    taken per batch at run time; its kernels run NNCF's static QDQ graph slower than fp32 here.
+    NNCF's QDQ ONNX of this graph; on AVX2 without VNNI neither the default preset, nor attention kept
+    fp32, nor weight-only int8 ran faster (README Speed). ONNX Runtime: its MatMuls with int8 weights
+    and activation ranges taken per batch at run time; its kernels run NNCF's static QDQ graph slower
+    than fp32 here.
     """
     import nncf
     import openvino

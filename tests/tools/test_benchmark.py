@@ -4,6 +4,7 @@ import json
 import pytest
 
 from tools.benchmark import REFERENCE, build_parser, format_table, main, resolve_mode_defaults
+from utils.env import ISA_FLAGS, cpu_summary, format_cpu_summary
 
 
 @pytest.mark.parametrize('mode', ['infer', 'train'])
@@ -20,6 +21,17 @@ def test_one_iteration_writes_json(tmp_path, capsys, mode):
     seconds = record['median_seconds']['dygraph']['2']
     assert seconds > 0 and record['images_per_second']['dygraph']['2'] == pytest.approx(2 / seconds)
     assert list(record['median_seconds']) == ['dygraph'] and len(record['load_average']) == 2
+    assert stdout[-4].startswith('CPU: ') and list(record['cpu']['flags']) == list(ISA_FLAGS)
+
+
+def test_cpu_line_names_model_family_and_isa_flags():
+    zen3 = ('processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n'
+            'flags\t\t: fpu sse2 avx avx2 fma vaes\n\nprocessor\t: 1\nmodel name\t: other\n')
+    cpu = cpu_summary(zen3)
+    assert (cpu['model_name'], cpu['family'], cpu['model']) == ('AMD EPYC', '25', '1')
+    assert format_cpu_summary(cpu) == ('CPU: AMD EPYC (family 25, model 1); /proc/cpuinfo lists avx2; '
+                                       'not avx512f, avx512_vnni, avx_vnni, avx512_bf16, amx_bf16, amx_int8')
+    assert format_cpu_summary(cpu_summary('')).endswith('lists none of ' + ', '.join(ISA_FLAGS))
 
 
 def test_train_mode_defaults_and_unsupported_backend():
