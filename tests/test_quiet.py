@@ -1,5 +1,5 @@
 """Quiet by default: the scripts print none of the framework's known noise, the descriptor-level filter
-drops only the lines it names."""
+drops only the lines it names, and every script's log lines share train.py's format."""
 import importlib.util
 import os
 import re
@@ -20,6 +20,8 @@ NOISE = re.compile('|'.join(re.escape(m) for m in (
     'WARNING: OMP_NUM_THREADS', 'PLEASE USE OMP', 'When training, we now always track', 'UserWarning',
     'not support input out tensor', 'New Executor is Running', 'LAUNCH INFO', '[Paddle2ONNX]',
     'Consider installing ONNX-Runtime', 'Folding Constants', 'ONNX model saved in')))
+TRAIN_LOG_LINE = re.compile(r'\[\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR)\] ')
+PADDLE_LOG_LINE = re.compile(r'\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\] \[ *[A-Z]+\] ')
 
 
 def _onnx_export_usable() -> bool:
@@ -64,6 +66,15 @@ def test_scripts_print_no_framework_noise(script_runs, script):
     proc = script_runs[script]
     noisy = [line for line in (proc.stdout + proc.stderr).splitlines() if NOISE.search(line)]
     assert not noisy, '\n'.join(noisy)
+
+
+def test_log_lines_of_every_script_have_the_train_format(script_runs):
+    train_lines = script_runs['train.py'].stdout.splitlines()
+    assert train_lines and all(TRAIN_LOG_LINE.match(line) for line in train_lines)
+    eval_err = script_runs['eval.py'].stderr.splitlines()
+    assert any(TRAIN_LOG_LINE.match(line) and 'val split: ' in line for line in eval_err), eval_err
+    for proc in script_runs.values():  # what libraries log through the root logger too
+        assert not [line for line in proc.stderr.splitlines() if PADDLE_LOG_LINE.match(line)], proc.stderr
 
 
 def test_dropped_output_lines_passes_on_everything_it_does_not_name():
