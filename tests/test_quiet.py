@@ -94,3 +94,9 @@ def test_dropped_output_lines_passes_on_everything_it_does_not_name():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ['kept stdout']
     assert proc.stderr.splitlines() == ['kept stderr', 'kept from C++', 'logged afterwards']
+
+
+def test_a_process_without_stderr_still_imports_and_prints():
+    code = 'import os; os.close(2); import utils.env; print("printed")'
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (0, 'printed\n')

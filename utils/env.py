@@ -69,8 +69,16 @@ def _flush_all_output() -> None:
             pass
     try:
         ctypes.CDLL(None).fflush(None)  # C/C++ libraries buffer stdout when it is not a terminal
-    except (OSError, AttributeError):  # no C library to ask (not a POSIX libc)
+    except (OSError, AttributeError, TypeError):  # no C library to ask (not a POSIX libc)
         pass
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -84,7 +92,7 @@ def dropped_output_lines(messages: Sequence[str]):
     """
     drop = [m.encode() for m in messages]
     _flush_all_output()
-    held = {fd: tempfile.TemporaryFile() for fd in (1, 2)}
+    held = {fd: tempfile.TemporaryFile() for fd in (1, 2) if _is_open(fd)}  # closed: nothing there is seen
     saved = {fd: os.dup(fd) for fd in held}
     for fd, file in held.items():
         os.dup2(file.fileno(), fd)
