@@ -107,3 +107,23 @@ def test_a_step_shows_its_warnings_not_its_info_lines_and_a_failed_one_everythin
         demo.run([sys.executable, '-c', step + 'raise SystemExit(3)'])
     out, err = capsys.readouterr()
     assert 'result' in out and 'val split' in err
+
+
+def test_training_under_the_launcher_shows_rank_0s_epoch_lines_and_files_the_rest(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo, 'ROOT', str(tmp_path))
+    (tmp_path / 'logs').mkdir()
+    (tmp_path / 'logs' / 'workerlog.0').write_text('[12/01 10:00:00 INFO] * epoch 0  from an earlier run\n')
+    launcher = tmp_path / 'launch.py'  # as paddle.distributed.launch: its own chatter, then rank 0's log in a file
+    launcher.write_text('import sys, time\n'
+                        'print("LAUNCH INFO 2026-12-01 23:58:12,082 nproc_per_node: 2")\n'
+                        'print("UserWarning: No ccache found", file=sys.stderr)\n'
+                        'log = open("logs/workerlog.0", "a")\n'
+                        'for line in sys.argv[1:]:\n'
+                        '    log.write(line + "\\n"); log.flush(); time.sleep(0.05)\n')
+    demo.run_training([sys.executable, str(launcher), *WORKER_LOG.splitlines()],
+                      output_file='logs/launcher.log', log_file='logs/workerlog.0')
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[1] == "(output in logs/launcher.log, rank 0's log in logs/workerlog.0)"
+    assert [line.split('] ', 1)[1][:9] for line in shown[2:]] == ['* epoch 0', 'epoch 1: ', '* epoch 9', 'done: bes']
+    assert 'LAUNCH INFO' in (tmp_path / 'logs' / 'launcher.log').read_text()
+    assert 'No ccache found' in (tmp_path / 'logs' / 'launcher.log').read_text()
