@@ -20,6 +20,7 @@ from datasets.transforms import resolve_data_cfg
 from models import create_model, load_weights, resolve_source
 from utils.config import ArgumentParser, HelpFormatter
 from utils.fileio import StorageError, atomic_write
+from utils.logger import setup_console_logging
 from utils.torch_pickle import load_checkpoint as read_checkpoint
 from utils.weights import is_safetensors
 
@@ -30,11 +31,13 @@ USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IsADirectoryError, NotAD
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> None:
-    """Run `main(argv)`; a user error becomes `error: <message>` on stderr and exit status 1.
+    """Run `main(argv)` with the scripts' log format set up; a user error becomes `error: <message>` on
+    stderr and exit status 1.
 
     `--debug` anywhere in argv shows the full traceback instead.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    setup_console_logging()
     try:
         code = main(argv)
     except USER_ERRORS as e:

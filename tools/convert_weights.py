@@ -11,7 +11,6 @@ import _bootstrap  # noqa: F401  (first: repo root on sys.path, then utils.env)
 
 import argparse
 import json
-import logging
 
 from cli import run_main, script_parser
 from models import create_model, load_weights
@@ -60,7 +59,6 @@ def main(argv=None) -> int:
         return 0
     if not (args.src and args.dst and args.model):
         parser.error('expected SRC DST --model NAME (or --list)')
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format='%(message)s')
     print(json.dumps(convert(args)))
     return 0
 

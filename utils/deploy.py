@@ -14,7 +14,7 @@ import paddle
 import paddle.nn.functional as F
 import yaml
 
-from utils.env import cpu_summary
+from utils.env import cpu_summary, dropped_output_lines
 
 MODEL_PREFIX = 'inference'
 MODEL_FILES = (f'{MODEL_PREFIX}.json', f'{MODEL_PREFIX}.pdmodel')  # Paddle 3 (PIR), Paddle 2.x
@@ -27,6 +27,28 @@ INPUT_NAME = 'x'
 ONNX_OPSET = 17  # first opset with a native LayerNormalization
 PREPROCESS_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
 ONNX_PACKAGES = 'pip install paddle2onnx onnxruntime onnx-graphsurgeon sympy'
+# What tracing and saving print from C++ on every export of this model (glog lines, so with a varying prefix).
+STATIC_EXPORT_NOISE = (
+    # Paddle 3, on tracing an API that has an `out=` argument (softmax); none is passed here
+    'Paddle static graph(PIR) not support input out tensor for now',
+    'New Executor is Running',  # Paddle 2.6
+)
+# paddle2onnx's progress lines and its Polygraphy constant folding's, printed on every export.
+ONNX_EXPORT_NOISE = (
+    '[Paddle2ONNX] Start parsing the Paddle model file',
+    '[Paddle2ONNX] Use opset_version',
+    '[Paddle2ONNX] PaddlePaddle model is exported as ONNX format now',
+    'Try to perform constant folding on the ONNX model with Polygraphy',
+    "'colored' module is not installed",
+    '[I] Folding Constants',
+    '[I]     Total Nodes',
+    # ONNX Runtime's symbolic shape inference fails on this graph (onnxruntime installed or not); the
+    # fallback works, and the advice to install ONNX Runtime does not apply
+    'Falling back to `onnx.shape_inference`',
+    'Note that using ONNX-Runtime for shape inference may be faster',
+    'Consider installing ONNX-Runtime',
+    'ONNX model saved in',  # names the staging folder, renamed into place afterwards
+)
 
 
 def check_onnx_export_available() -> None:
@@ -120,13 +142,15 @@ def _save_static(model, folder: str, input_size: Sequence[int], batch_size: int,
     layer.eval()
     shape = [None if batch_size == -1 else batch_size] + [int(s) for s in input_size]
     spec = [paddle.static.InputSpec(shape=shape, dtype='float32', name=INPUT_NAME)]
-    static = paddle.jit.to_static(layer, input_spec=spec, full_graph=True)
-    paddle.jit.save(static, os.path.join(folder, MODEL_PREFIX))
+    with dropped_output_lines(STATIC_EXPORT_NOISE):
+        static = paddle.jit.to_static(layer, input_spec=spec, full_graph=True)
+        paddle.jit.save(static, os.path.join(folder, MODEL_PREFIX))
 
 
 def _export_onnx(model_file: str, params_file: str, onnx_file: str) -> None:
     import paddle2onnx
-    paddle2onnx.export(model_file, params_file, onnx_file, opset_version=ONNX_OPSET)
+    with dropped_output_lines(ONNX_EXPORT_NOISE):
+        paddle2onnx.export(model_file, params_file, onnx_file, opset_version=ONNX_OPSET)
     if not os.path.isfile(onnx_file):
         raise ValueError(f'{onnx_file}: paddle2onnx wrote no model (see its log above)')
 

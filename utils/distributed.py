@@ -9,6 +9,8 @@ from typing import Tuple
 import paddle
 import paddle.distributed as dist
 
+from .env import dropped_output_lines
+
 
 def get_world_size() -> int:
     """Number of processes in the job; 1 when not launched distributed."""
@@ -24,11 +26,18 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+# What joining the group prints on every rank (the launcher echoes rank 0's to the terminal): the
+# changed-flags table and the store's connection chatter.
+INIT_NOISE = ('Modified FLAGS detected', "FLAGS(name='FLAGS_enable_pir_in_executor'", '=' * 71,
+              'create libuv server at port', 'Successfully connected to', 'Retry to connect to')
+
+
 def init_distributed() -> Tuple[int, int]:
     """Join the process group when launched with several workers; returns (rank, world_size)."""
     launched = int(os.environ.get('PADDLE_TRAINERS_NUM', '1')) > 1 or get_world_size() > 1
     if launched and not dist.is_initialized():
-        dist.init_parallel_env()
+        with dropped_output_lines(INIT_NOISE):
+            dist.init_parallel_env()
     return get_rank(), get_world_size()
 
 

@@ -10,13 +10,14 @@ Without paddle installed (the timm/torch side of the benchmarks runs tools with 
 the environment variables are set.
 """
 import contextlib
+import ctypes
 import importlib.util
-import io
 import os
 import random
 import sys
+import tempfile
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 # UserWarnings Paddle raises on every call of a code path these scripts use as intended.
 QUIET_WARNINGS = (
@@ -91,24 +92,60 @@ def cpu_threads() -> int:
     return int(os.environ['OMP_NUM_THREADS'])
 
 
+def _flush_all_output() -> None:
+    """Python's and C stdio's buffered output, so what was written so far reaches the file descriptors."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError):  # replaced by an object without flush, or closed
+            pass
+    try:
+        ctypes.CDLL(None).fflush(None)  # C/C++ libraries buffer stdout when it is not a terminal
+    except (OSError, AttributeError, TypeError):  # no C library to ask (not a POSIX libc)
+        pass
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
-def dropped_stderr_lines(prefixes):
-    """Hold what Python code writes to sys.stderr inside the block, then pass on every line that does not
-    start with one of `prefixes`."""
-    held = io.StringIO()
-    real, sys.stderr = sys.stderr, held
+def dropped_output_lines(messages: Sequence[str]):
+    """Hold everything written to file descriptors 1 and 2 inside the block, then pass on each line that
+    contains none of `messages`, to the descriptor it was written to.
+
+    Working on the descriptors catches what C++ prints (libpaddle, paddle2onnx), which no Python-level
+    filter sees, and leaves sys.stdout/sys.stderr themselves untouched, so a logging handler created
+    inside the block (Paddle's import adds one to the root logger) still writes to the real stream.
+    """
+    drop = [m.encode() for m in messages]
+    _flush_all_output()
+    held = {fd: tempfile.TemporaryFile() for fd in (1, 2) if _is_open(fd)}  # closed: nothing there is seen
+    saved = {fd: os.dup(fd) for fd in held}
+    for fd, file in held.items():
+        os.dup2(file.fileno(), fd)
     try:
         yield
     finally:
-        sys.stderr = real
-        kept = [line for line in held.getvalue().splitlines(keepends=True) if not line.startswith(tuple(prefixes))]
-        real.write(''.join(kept))
+        _flush_all_output()
+        for fd, file in held.items():
+            os.dup2(saved[fd], fd)
+            os.close(saved[fd])
+            file.seek(0)
+            kept = [line for line in file.read().splitlines(keepends=True) if not any(m in line for m in drop)]
+            file.close()
+            with open(fd, 'wb', closefd=False) as out:
+                out.write(b''.join(kept))
 
 
 def _import_paddle_quietly() -> None:
     if 'paddle' in sys.modules or importlib.util.find_spec('paddle') is None:
         return
-    with dropped_stderr_lines(PADDLE_IMPORT_NOISE):
+    with dropped_output_lines(PADDLE_IMPORT_NOISE):
         import paddle  # noqa: F401
 
 

@@ -22,19 +22,35 @@ def get_logger(name: Optional[str] = None) -> logging.Logger:
     return logging.getLogger(ROOT_NAME if not name else f'{ROOT_NAME}.{name}')
 
 
-class _TerminalHandler(logging.StreamHandler):
-    """Console lines printed through tqdm, so they land above a progress bar instead of through it."""
+class _ConsoleHandler(logging.StreamHandler):
+    """Lines to sys.stdout or sys.stderr as they are when each line is logged (a stream replaced later,
+    e.g. by a test's capture, still receives them); on a terminal through tqdm, so they land above a
+    progress bar instead of through it."""
 
-    def __init__(self):
-        super().__init__(sys.stdout)
+    def __init__(self, stream_name: str):
+        self._stream_name = stream_name
+        super().__init__()
+
+    @property
+    def stream(self):
+        return getattr(sys, self._stream_name)
+
+    @stream.setter
+    def stream(self, _):  # StreamHandler.__init__ sets one; this handler looks its stream up per line
+        pass
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-        tqdm.write(self.format(record), file=sys.stdout)
+        if self.stream.isatty():
+            from tqdm import tqdm
+            tqdm.write(self.format(record), file=self.stream)
+        else:
+            super().emit(record)
 
 
-def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = ROOT_NAME) -> logging.Logger:
-    """Rank 0 logs INFO to stdout and appends to `output_dir/train.log`; other ranks log WARNING+ to stdout.
+def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = ROOT_NAME,
+                 stream: str = 'stdout') -> logging.Logger:
+    """Rank 0 logs INFO to `stream` ('stdout' or 'stderr') and appends to `output_dir/train.log`; other
+    ranks log WARNING+ to `stream`.
 
     Calling it again replaces the handlers it attached before, so lines are never doubled. Without
     `output_dir`, rank 0 holds its lines until a later call names the folder, which then receives them
@@ -50,7 +66,7 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = RO
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     logger.propagate = False  # the root logger's handlers would print every line twice
     formatter = logging.Formatter(_FORMAT, datefmt=_DATEFMT)
-    console = _TerminalHandler() if sys.stdout.isatty() else logging.StreamHandler(sys.stdout)
+    console = _ConsoleHandler(stream)
     console.setFormatter(formatter)
     logger.addHandler(console)
     if output_dir and rank == 0:
@@ -63,6 +79,18 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = RO
     elif rank == 0:
         logger.addHandler(logging.handlers.BufferingHandler(capacity=10_000))
     return logger
+
+
+def setup_console_logging() -> None:
+    """Every script's logging before its main runs (cli.run_main): project lines on stderr, stdout staying
+    for results (train.py's setup_logger moves them to stdout and train.log), and the same format for
+    what other libraries log through the root logger, where Paddle's import attaches a stderr handler
+    with a format of its own (paddle.distributed.utils.log_utils)."""
+    setup_logger(stream='stderr')
+    formatter = logging.Formatter(_FORMAT, datefmt=_DATEFMT)
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:  # not pytest's capture handlers, which subclass it
+            handler.setFormatter(formatter)
 
 
 def _to_builtin(value: Any):

@@ -4,16 +4,16 @@ Reads torch `.pth`/`.bin` (zip or legacy), `.safetensors` and Paddle `.pdparams`
 torch and without plain unpickling. What names a family's published files use, and where they are,
 is the model's business (models/cvt_weights.py hands its `checkpoint_filter_fn` in as `convert`).
 """
-import logging
 import os
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
 
+from utils.logger import get_logger
 from utils.torch_pickle import load_checkpoint
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Containers a checkpoint may wrap its state dict in, tried in this order when no key is given
 # (this repo: 'model'/'model_ema'; official training checkpoints: 'state_dict', with 'model' a name).

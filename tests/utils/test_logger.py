@@ -1,11 +1,14 @@
-"""setup_logger (rank-0 console + train.log, no doubled handlers) and the JSON-lines log."""
+"""setup_logger (rank-0 console + train.log, no doubled handlers), the scripts' console logging and the
+JSON-lines log."""
 import json
 import logging
+import re
+import sys
 
 import numpy as np
 import pytest
 
-from utils.logger import get_logger, log_json, setup_logger
+from utils.logger import get_logger, log_json, setup_console_logging, setup_logger
 
 
 @pytest.fixture
@@ -40,6 +43,22 @@ def test_other_ranks_only_warn(tmp_path, capsys, logger_name):
     out = capsys.readouterr().out
     assert 'hidden' not in out and 'visible' in out
     assert not (tmp_path / 'train.log').exists()
+
+
+def test_console_logging_gives_project_and_root_lines_the_train_format_on_stderr(capsys):
+    paddles = logging.StreamHandler(sys.stderr)  # what Paddle's import attaches to the root logger
+    paddles.setFormatter(logging.Formatter('[%(asctime)-15s] [%(levelname)8s] %(filename)s:%(lineno)s - %(message)s'))
+    logging.getLogger().addHandler(paddles)
+    try:
+        setup_console_logging()
+        get_logger('utils.evaluation').info('a project line')
+        logging.getLogger('some_library').warning('a library line')
+    finally:
+        logging.getLogger().removeHandler(paddles)
+    captured = capsys.readouterr()
+    assert captured.out == ''  # stdout is for results
+    lines = captured.err.splitlines()
+    assert len(lines) == 2 and all(re.fullmatch(r'\[\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARNING)\] a \w+ line', x) for x in lines), lines
 
 
 def test_get_logger_is_child_of_project_logger():
