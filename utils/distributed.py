@@ -1,4 +1,4 @@
-"""Process-group helpers: init, rank and world size, all-reduce and barrier (no-ops in one process).
+"""Process-group helpers: init, rank and world size, all-reduce (no-ops in one process).
 
 Multi-process runs start through `python -m paddle.distributed.launch --nproc_per_node N train.py ...`,
 which sets PADDLE_TRAINERS_NUM / PADDLE_TRAINER_ID for every worker (NCCL on GPU, gloo on CPU).
