@@ -1,4 +1,5 @@
 """Running the repo's scripts in-process from tests: their main(), and a user error's one line."""
+import re
 import runpy
 from pathlib import Path
 
@@ -7,6 +8,12 @@ import pytest
 from cli import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
+LOG_LINE = re.compile(r'\[\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+\] ')  # utils.logger's format
+
+
+def without_log_lines(text: str) -> list:
+    """The lines of `text` that are not project log lines (weights loaded, progress, ...)."""
+    return [line for line in text.strip().splitlines() if not LOG_LINE.match(line)]
 
 
 def script_main(path: str):
@@ -19,6 +26,6 @@ def one_line_error(path: str, argv, capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
         run_main(script_main(path), argv)
     assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith('error: ') and len(err.splitlines()) == 1, err
-    return err
+    err = without_log_lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith('error: '), err
+    return err[0]

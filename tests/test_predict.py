@@ -23,7 +23,7 @@ from datasets.transforms import build_transform, resolve_data_cfg
 from models import create_model
 from models.cvt import ConvolutionalVisionTransformer
 from cli import find_images, label_names_for, run_main
-from tests.scripts import one_line_error
+from tests.scripts import one_line_error, without_log_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
@@ -162,8 +162,8 @@ def test_bad_input_gives_one_line_error(case, expected, image_dir, checkpoint, t
     with pytest.raises(SystemExit) as exit_info:
         run_main(_main(), _bad_input_argv(case, image_dir, checkpoint, tmp_path))
     assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith('error: ') and len(err.splitlines()) == 1 and expected in err, err
+    err = without_log_lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith('error: ') and expected in err[0], err
 
 
 def test_bad_input_from_the_command_line_exits_1_without_traceback(tmp_path):
@@ -231,7 +231,7 @@ def test_unreadable_files_are_skipped_listed_and_counted(folder_with_a_bad_file,
     captured = capsys.readouterr()
     results = json.loads(captured.out)
     assert len(results) == 40 and not [r for r in results if r['file_name'].endswith('broken.jpg')]
-    err = captured.err.strip().splitlines()
+    err = without_log_lines(captured.err)
     assert err[0].startswith(f'skipped {folder_with_a_bad_file / "broken.jpg"}: not a readable image (')
     assert err[-1].startswith('40 images classified, 1 skipped')
 
@@ -247,6 +247,6 @@ def test_nothing_readable_is_an_error(tmp_path, checkpoint, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_main(_main(), _predict_argv(tmp_path, checkpoint))
     assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = without_log_lines(capsys.readouterr().err)
     assert [line.split(':')[0] for line in err[:2]] == [f'skipped {tmp_path / "a.jpg"}', f'skipped {tmp_path / "b.png"}']
     assert err[2:] == ['error: none of the 2 images could be read (each is listed above as skipped)']

@@ -45,8 +45,9 @@ TRAIN_WEIGHT_DECAY = 0.05
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='benchmark.py', description=' '.join(__doc__.split('\n\n')[0].split()),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from utils.config import ArgumentParser, HelpFormatter  # paddle-free: the torch-side workers parse too
+    parser = ArgumentParser(prog='tools/benchmark.py', description=' '.join(__doc__.split('\n\n')[0].split()),
+                            formatter_class=HelpFormatter, allow_abbrev=False)
     parser.add_argument('--mode', default='infer', choices=MODES,
                         help='time inference, or one training step (forward, loss, backward, AdamW step)')
     parser.add_argument('--model', default='cvt_13_224x224', help='registered model name')

@@ -32,6 +32,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from utils.config import ArgumentParser, HelpFormatter  # paddle-free, as the timm side needs
+
 # Everything below the imports above stays importable without paddle: the timm side runs this
 # file under a python that has torch and timm but not our requirements.
 
@@ -56,8 +58,8 @@ REFERENCE_IMAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(prog='tools/benchmark_data.py', description=__doc__.splitlines()[0],
+                            formatter_class=HelpFormatter, allow_abbrev=False)
     data = parser.add_argument_group('data')
     data.add_argument('--data_dir', default=None,
                       help='ImageNet-layout folder to read (DATA_DIR/SPLIT/<class>/<images>); '
