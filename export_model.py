@@ -3,7 +3,7 @@
     python export_model.py --model cvt_13_224x224 --pretrained cvt_13_224x224 --output inference/cvt_13 --onnx
     python export_model.py --model cvt_13_224x224 --pretrained cvt_13_224x224 --output inference/cvt_13 --onnx \
         --int8 --calib_images DATA/val --calib_count 300
-    python infer.py --model_dir inference/cvt_13 --input_file demo/
+    python infer.py --model_dir inference/cvt_13 --images demo/
 """
 import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 
