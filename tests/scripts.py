@@ -1,14 +1,16 @@
 """Running the repo's scripts in-process from tests: their main(), and a user error's one line."""
-import re
 import runpy
 from pathlib import Path
 
 import pytest
 
+import paddle
+
 from cli import run_main
+from models import create_model
+from utils.logger import LOG_LINE
 
 ROOT = Path(__file__).resolve().parents[1]
-LOG_LINE = re.compile(r'\[\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+\] ')  # utils.logger's format
 
 
 def without_log_lines(text: str) -> list:
@@ -29,3 +31,14 @@ def one_line_error(path: str, argv, capsys) -> str:
     err = without_log_lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith('error: '), err
     return err[0]
+
+
+def export_tiny(root: Path, num_classes: int, *flags: str) -> Path:
+    """A seeded cvt_tiny checkpoint written to root/ckpt.pd and exported by export_model.py (with `flags`)
+    into root/inference, which is returned."""
+    paddle.seed(0)
+    paddle.save({'model': create_model('cvt_tiny', num_classes=num_classes).state_dict()}, str(root / 'ckpt.pd'))
+    out = root / 'inference'
+    assert script_main('export_model.py')(['--model', 'cvt_tiny', '--num_classes', str(num_classes), '--resume',
+                                            str(root / 'ckpt.pd'), '--output', str(out), *flags]) == 0
+    return out

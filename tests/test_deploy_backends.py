@@ -5,7 +5,6 @@ import json
 import sys
 
 import numpy as np
-import paddle
 import pytest
 from PIL import Image
 
@@ -18,12 +17,11 @@ try:
 except (ImportError, ValueError) as err:  # paddle2onnx 2.x refuses Paddle 2.x at import
     pytest.skip(f'ONNX export unavailable: {str(err)[:80]}', allow_module_level=True)
 
-from models import create_model  # noqa: E402
 from utils import deploy  # noqa: E402
 from cli import run_main  # noqa: E402
 from utils.deploy import build_predictor, graph_to_probs, missing_bf16_flags, read_inference_cfg  # noqa: E402
 from utils.env import cpu_summary  # noqa: E402
-from tests.scripts import one_line_error, script_main  # noqa: E402
+from tests.scripts import export_tiny, one_line_error, script_main  # noqa: E402
 
 NUM_CLASSES = 3
 NO_BF16_CPUINFO = 'flags\t\t: fpu sse2 avx avx2 fma\n'  # a Zen 3's, as far as bf16 goes
@@ -37,17 +35,13 @@ NO_BF16 = missing_bf16_flags(cpu_summary()) or (
 def exported(tmp_path_factory):
     """(root, export dir): cvt_tiny exported with --onnx --int8, calibrated on a few small photos-like images."""
     root = tmp_path_factory.mktemp('deploy')
-    paddle.seed(0)
-    paddle.save({'model': create_model('cvt_tiny', num_classes=NUM_CLASSES).state_dict()}, str(root / 'ckpt.pd'))
     (root / 'images').mkdir()
     rng = np.random.RandomState(0)
     for i in range(6):  # smooth images (not white noise), so activations have realistic ranges
         base = rng.randint(0, 256, (6, 6, 3), dtype=np.uint8)
         Image.fromarray(base).resize((72, 64), Image.BILINEAR).save(root / 'images' / f'{i}.png')
-    out = root / 'inference'
-    assert script_main('export_model.py')(['--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES), '--resume',
-                                            str(root / 'ckpt.pd'), '--output', str(out), '--onnx', '--int8',
-                                            '--calib_images', str(root / 'images'), '--calib_count', '4']) == 0
+    out = export_tiny(root, NUM_CLASSES, '--onnx', '--int8', '--calib_images', str(root / 'images'),
+                      '--calib_count', '4')
     return root, out
 
 

@@ -15,9 +15,8 @@ except ImportError:
 except ValueError as err:  # paddle2onnx 2.x refuses Paddle 2.x at import
     pytest.skip(f'paddle2onnx cannot run with Paddle {paddle.__version__}: {str(err)[:80]}', allow_module_level=True)
 
-from models import create_model  # noqa: E402
 from cli import run_main  # noqa: E402
-from tests.scripts import script_main  # noqa: E402
+from tests.scripts import export_tiny, script_main  # noqa: E402
 
 NUM_CLASSES = 3
 
@@ -26,16 +25,11 @@ NUM_CLASSES = 3
 def exported(tmp_path_factory):
     """(root, export dir) for cvt_tiny exported with --onnx, plus a few images."""
     root = tmp_path_factory.mktemp('onnx')
-    paddle.seed(0)
-    paddle.save({'model': create_model('cvt_tiny', num_classes=NUM_CLASSES).state_dict()}, str(root / 'ckpt.pd'))
     (root / 'images').mkdir()
     rng = np.random.RandomState(0)
     for i, shape in enumerate([(60, 80, 3), (64, 64, 3), (50, 70)]):
         Image.fromarray(rng.randint(0, 256, shape, dtype=np.uint8)).save(root / 'images' / f'{i}.jpg')
-    out = root / 'inference'
-    assert script_main('export_model.py')(['--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES), '--resume',
-                                            str(root / 'ckpt.pd'), '--output', str(out), '--onnx']) == 0
-    return root, out
+    return root, export_tiny(root, NUM_CLASSES, '--onnx')
 
 
 def test_onnx_model_matches_dygraph(exported, capsys):

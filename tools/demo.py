@@ -13,7 +13,6 @@ import _bootstrap  # noqa: F401  (first: repo root on sys.path, then utils.env)
 import importlib.util
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -22,11 +21,11 @@ import time
 from typing import Callable, Dict, Iterator, List, Optional
 
 from cli import run_main, script_parser
+from utils.logger import LOG_LINE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'configs/train/cvt/cvt_tiny_demo.yaml'
 EXPERIMENT = 'cvt_tiny_demo'
-LOG_LINE = re.compile(r'\[\d\d/\d\d \d\d:\d\d:\d\d (?P<level>[A-Z]+)\] (?P<message>.*)')
 # The INFO lines of train.py the demo shows (its warnings and errors are all shown); the rest is in the logs.
 TRAINING_PROGRESS = ('* epoch ', 'resumed from ', 'done: ')
 

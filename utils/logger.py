@@ -3,6 +3,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import sys
 from numbers import Number
 from typing import Any, Optional
@@ -12,6 +13,8 @@ from .fileio import atomic_write
 ROOT_NAME = 'cvt'
 _FORMAT = '[%(asctime)s %(levelname)s] %(message)s'
 _DATEFMT = '%m/%d %H:%M:%S'
+# A console line in that format, for tools that read other scripts' output
+LOG_LINE = re.compile(r'\[\d\d/\d\d \d\d:\d\d:\d\d (?P<level>[A-Z]+)\] (?P<message>.*)')
 
 
 def get_logger(name: Optional[str] = None) -> logging.Logger:
