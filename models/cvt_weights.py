@@ -195,17 +195,6 @@ def checkpoint_filter_fn(sd: Dict[str, np.ndarray], model_keys: Iterable[str] = 
     return sd, fmt
 
 
-def convert_state_dict(sd: Dict[str, np.ndarray], model_keys: Optional[Iterable[str]] = None
-                       ) -> Dict[str, np.ndarray]:
-    """Convert a state dict from any supported source to this repo's names and Paddle layout.
-
-    Args:
-        model_keys: the target model's keys; lets a partial Paddle state dict without BatchNorm
-            statistics still be recognised.
-    """
-    return checkpoint_filter_fn(sd, model_keys or ())[0]
-
-
 def load_weights(model: paddle.nn.Layer, source: str, *, key: Optional[str] = None,
                  skip_if_mismatched: Sequence[str] = ()) -> dict:
     """Load CvT weights from a path, an http(s) URL or a known tag into `model`, checking every name and shape.

@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 from models import create_model
 from models.cvt import ConvolutionalVisionTransformer
 from models import cvt_weights
-from models.cvt_weights import PRETRAINED_URLS, convert_state_dict, load_weights, resolve_source
+from models.cvt_weights import PRETRAINED_URLS, checkpoint_filter_fn, load_weights, resolve_source
 from torch_files import Storage, Tensor, write_torch_zip
 from utils.config import build_train_parser
 from utils.download import cache_path
@@ -151,7 +151,7 @@ def test_official_key_counts_for_cvt_13():
     model = create_model('cvt_13_224x224')
     arrays = _official_arrays(model)
     assert len(arrays) == 459
-    converted = convert_state_dict(arrays)
+    converted, _ = checkpoint_filter_fn(arrays)
     assert len(converted) == 420 and set(converted) == set(model.state_dict())
     assert converted['head.weight'].shape == (384, 1000)
 
