@@ -248,5 +248,5 @@ def test_nothing_readable_is_an_error(tmp_path, checkpoint, capsys):
         run_main(_main(), _predict_argv(tmp_path, checkpoint))
     assert exit_info.value.code == 1
     err = without_log_lines(capsys.readouterr().err)
-    assert [line.split(':')[0] for line in err[:2]] == [f'skipped {tmp_path / "a.jpg"}', f'skipped {tmp_path / "b.png"}']
+    assert [line.split(':')[0] for line in err[:2]] == [f'skipped {tmp_path / name}' for name in ('a.jpg', 'b.png')]
     assert err[2:] == ['error: none of the 2 images could be read (each is listed above as skipped)']

@@ -268,8 +268,8 @@ def _export(spec: dict, with_onnx: bool, with_int8: bool) -> None:
     crops = _photo_batch(spec, CALIB_CROPS) if spec['image'] else _random_batch(spec, CALIB_CROPS)[0]
     calib = list(crops[:, None]) if with_int8 else None
     with portable_attention():  # as export_model.py: matmul/softmax in the graph on any device
-        export_inference_model(rewrite_for_export(model), spec['model_dir'], spec['model'], resolve_data_cfg(model.default_cfg),
-                               onnx=with_onnx, calib_batches=calib)
+        export_inference_model(rewrite_for_export(model), spec['model_dir'], spec['model'],
+                               resolve_data_cfg(model.default_cfg), onnx=with_onnx, calib_batches=calib)
 
 
 def _has_module(python: str, *modules: str) -> bool:

@@ -73,7 +73,8 @@ def predictors(args, cfg: dict, batch_size: int) -> List[Tuple[str, Callable[[np
             if importlib.util.find_spec(backend) is None:
                 print(f'{backend}: skipped, {ONNX_FILE} present but {backend} is not installed')
             else:
-                found.append((backend, build_predictor(args.model_dir, cfg, backend=backend, cpu_threads=args.cpu_threads)))
+                found.append((backend, build_predictor(args.model_dir, cfg, backend=backend,
+                                                       cpu_threads=args.cpu_threads)))
     return found
 
 

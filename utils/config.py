@@ -191,7 +191,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group(
         'distributed', 'launch with: python -m paddle.distributed.launch --gpus 0,1,2,3 train.py ...; '
                        'world size and rank come from the launcher, --batch_size is per process')
-    g.add_argument('--seed', type=int, default=0, help='random seed: model init uses it on every rank; data and dropout mix in the rank')
+    g.add_argument('--seed', type=int, default=0,
+                   help='random seed: model init uses it on every rank; data and dropout mix in the rank')
 
     g = parser.add_argument_group('checkpoint/output')
     g.add_argument('--output', default='output', metavar='DIR', help='runs root; a run writes to OUTPUT/EXPERIMENT')
@@ -214,7 +215,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group('logging')
     g.add_argument('--print_freq', type=int, default=50, help='log training metrics every N steps')
     add_bool(g, 'log_wandb', False, 'also log to Weights & Biases (needs the wandb package)')
-    add_bool(g, 'log_visualdl', False, 'also log to VisualDL in OUTPUT/EXPERIMENT/visualdl (needs the visualdl package)')
+    add_bool(g, 'log_visualdl', False,
+             'also log to VisualDL in OUTPUT/EXPERIMENT/visualdl (needs the visualdl package)')
     g.add_argument('--wandb_project', default='cvt-paddle', help='Weights & Biases project')
     add_bool(g, 'debug', False, 'full tracebacks on errors')
     return parser

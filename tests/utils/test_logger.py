@@ -58,7 +58,8 @@ def test_console_logging_gives_project_and_root_lines_the_train_format_on_stderr
     captured = capsys.readouterr()
     assert captured.out == ''  # stdout is for results
     lines = captured.err.splitlines()
-    assert len(lines) == 2 and all(re.fullmatch(r'\[\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARNING)\] a \w+ line', x) for x in lines), lines
+    line_format = r'\[\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARNING)\] a \w+ line'
+    assert len(lines) == 2 and all(re.fullmatch(line_format, x) for x in lines), lines
 
 
 def test_get_logger_is_child_of_project_logger():
