@@ -1,6 +1,8 @@
-"""What the scripts share: one-line errors (`run_main`), their parsers and weight flags, loading a model
-for inference, finding and preprocessing images, and classifying them into top-k results in PaddleClas's
-shape, shown as a table on a terminal and as JSON elsewhere."""
+"""What the scripts share: one-line errors (`run_main`, from utils.entrypoint), their parsers and weight
+flags, loading a model for inference, finding and preprocessing images, and classifying them into top-k
+results in PaddleClas's shape, shown as a table on a terminal and as JSON elsewhere."""
+import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
+
 import argparse
 import glob
 import json
@@ -19,38 +21,10 @@ from datasets.imagenet import IMG_EXTENSIONS, is_image_file, load_rgb, read_labe
 from datasets.transforms import resolve_data_cfg
 from models import create_model, load_weights, resolve_source
 from utils.config import ArgumentParser, HelpFormatter
-from utils.fileio import StorageError, atomic_write
-from utils.logger import setup_console_logging
+from utils.entrypoint import run_main  # noqa: F401  (the scripts' entry, taken from here with the rest)
+from utils.fileio import atomic_write
 from utils.torch_pickle import load_checkpoint as read_checkpoint
 from utils.weights import is_safetensors
-
-# Errors a user can cause with input (missing files, bad YAML, wrong checkpoints, unknown names) or
-# fix on the machine (a full disk, a read-only output folder).
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IsADirectoryError, NotADirectoryError, PermissionError,
-               ConnectionError, StorageError)
-
-
-def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> None:
-    """Run `main(argv)` with the scripts' log format set up; a user error becomes `error: <message>` on
-    stderr and exit status 1.
-
-    `--debug` anywhere in argv shows the full traceback instead.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    setup_console_logging()
-    try:
-        code = main(argv)
-    except USER_ERRORS as e:
-        if '--debug' in argv:
-            raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f'error: {message}', file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
-
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 IMAGENET_LABELS = os.path.join(REPO_ROOT, 'datasets', 'imagenet1k_label_list.txt')

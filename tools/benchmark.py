@@ -392,5 +392,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    from cli import run_main
+    from utils.entrypoint import run_main  # paddle-free: the torch-side workers run through it too
     run_main(main)

@@ -594,5 +594,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    from cli import run_main  # here, not above: the timm side imports this file without paddle
+    from utils.entrypoint import run_main
     run_main(main)

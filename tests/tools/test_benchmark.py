@@ -84,3 +84,17 @@ def test_deployed_rows_and_refusals_on_cvt_tiny(tmp_path, capsys):
     assert timed | set(record['skipped']) == {'dygraph', 'openvino_bf16', 'openvino_int8'}
     accuracy = record['accuracy_vs_dygraph']
     assert 0 < accuracy['openvino_int8']['max_abs_prob_diff'] < 0.1
+
+
+def test_torch_side_worker_runs_without_paddle():
+    # The PyTorch reference runs this script as a worker under a Python that has torch but no paddle.
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys, runpy; sys.modules['paddle'] = None; "  # any `import paddle` now fails
+            "sys.argv = ['tools/benchmark.py', '--worker', 'torch_hf_eager', '--worker_args', '{}']; "
+            "runpy.run_path('tools/benchmark.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0  # an empty spec, or no torch here: the worker itself fails, after start-up
+    assert 'import of paddle halted' not in proc.stderr, proc.stderr[-2000:]

@@ -1,0 +1,38 @@
+"""How every script's main runs: the log format set up, and a user error as one line (traceback only with
+--debug).
+
+Paddle-free, so the tools' helper processes that run under another Python (the benchmarks' torch and timm
+sides) report errors the same way; `cli` hands it to the scripts with the rest of their plumbing.
+"""
+import sys
+from typing import Callable, Optional, Sequence
+
+from .fileio import StorageError
+from .logger import setup_console_logging
+
+# Errors a user can cause with input (missing files, bad YAML, wrong checkpoints, unknown names) or
+# fix on the machine (a full disk, a read-only output folder).
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IsADirectoryError, NotADirectoryError, PermissionError,
+               ConnectionError, StorageError)
+
+
+def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> None:
+    """Run `main(argv)` with the scripts' log format set up; a user error becomes `error: <message>` on
+    stderr and exit status 1.
+
+    `--debug` anywhere in argv shows the full traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_console_logging()
+    try:
+        code = main(argv)
+    except USER_ERRORS as e:
+        if '--debug' in argv:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f'error: {message}', file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
