@@ -194,10 +194,18 @@ def test_head_reinitialised_only_when_its_shape_differs_and_logged(source, tmp_p
     path, _ = _write('hf_safetensors', source, tmp_path)
     model = _fresh(num_classes=10)
     head_before = model.head.weight.numpy().copy()
-    with caplog.at_level(logging.INFO, logger='utils.weights'):
-        report = load_weights(model, str(path), skip_if_mismatched=('head.',))
+    messages = []
+    collect = logging.Handler()  # on the logger itself: the project logger need not propagate to the root
+    collect.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger('cvt.utils.weights')
+    logger.addHandler(collect)
+    try:
+        with caplog.at_level(logging.INFO, logger=logger.name):
+            report = load_weights(model, str(path), skip_if_mismatched=('head.',))
+    finally:
+        logger.removeHandler(collect)
     assert report['skipped'] == ['head.weight', 'head.bias']
-    skipped_logs = [r.getMessage() for r in caplog.records if 're-initialising' in r.getMessage()]
+    skipped_logs = [m for m in messages if 're-initialising' in m]
     assert len(skipped_logs) == 2 and "'head.weight'" in skipped_logs[0] and '[64, 1000]' in skipped_logs[0]
     np.testing.assert_array_equal(model.head.weight.numpy(), head_before)
     expected = source.state_dict()
