@@ -26,8 +26,8 @@ from utils.amp import AmpConfig, build_grad_scaler, decorate_o2
 from utils.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager, RunLock,
                               TrainingCheckpoint, differing_settings, load_training_state)
 from utils.config import build_train_parser, dump_config, parse_args
-from utils.distributed import (broadcast_buffers, init_distributed, unwrap_model,
-                               weights_agree_across_ranks)
+from utils.distributed import (all_gather_rows, broadcast_buffers, get_world_size, init_distributed,
+                               unwrap_model, weights_agree_across_ranks, weights_checksum)
 from utils.ema import ModelEma
 from utils.env import seed_everything
 from utils.evaluation import evaluate
@@ -107,6 +107,42 @@ def checkpoint_to_resume(args, ckpts: CheckpointManager, identity: dict):
     return latest, ckpt
 
 
+def check_ranks_resume_alike(resume_path, ckpt, run_dir: str) -> None:
+    """Refuse on every rank at once when the ranks would continue from different states.
+
+    Each rank picks its checkpoint from its own file system, so nodes with separate --output folders pick
+    different ones (or none) and would train apart until a collective times out, with nothing saying why.
+    paddle.DataParallel copies rank 0's weights at the start, but not the optimizer, EMA, loss scale or
+    position: ranks compare (has checkpoint, epoch, step, global step, checksum of its weights) instead.
+    """
+    if get_world_size() == 1:
+        return
+    if ckpt is None:
+        fingerprint, source = (0, 0, 0, 0, 0.0), f'no checkpoint in {os.path.abspath(run_dir)}'
+    else:
+        epoch, step, global_step = (int(ckpt[k]) for k in ('epoch', 'step_in_epoch', 'global_step'))
+        fingerprint = (1, epoch, step, global_step, weights_checksum(ckpt['model']))
+        path = os.path.abspath(resume_path)
+        source = f'{os.path.basename(path)} epoch {epoch} step {step} in {os.path.dirname(path)}'
+    rows = all_gather_rows(fingerprint, source)
+    if len({numbers for numbers, _ in rows}) == 1:
+        return
+    ranks_of = {}
+    for rank, row in enumerate(rows):
+        ranks_of.setdefault(row, []).append(rank)
+    texts = [text for _, text in ranks_of]
+    parts = []
+    for (numbers, text), ranks in ranks_of.items():
+        if texts.count(text) > 1:  # the same file name and position with other weights
+            text += f' (global step {numbers[3]:.0f}, weights checksum {numbers[4]!r})'
+        consecutive = ranks == list(range(ranks[0], ranks[-1] + 1))
+        who = (f'rank {ranks[0]}' if len(ranks) == 1 else f'ranks {ranks[0]}-{ranks[-1]}' if consecutive
+               else 'ranks ' + ', '.join(map(str, ranks)))
+        parts.append(f'{who}: {text}')
+    raise ValueError(f'ranks resume from different states ({"; ".join(parts)}): --output must be one folder '
+                     f'shared by all nodes, or pass --resume PATH on every node')
+
+
 def resumed_position(ckpt: dict, position: dict, args, world_size: int) -> Tuple[dict, str]:
     """The position to continue from under the current flags, and the one line that says what follows what.
 
@@ -145,6 +181,7 @@ def main(argv=None) -> int:
     ckpts = CheckpointManager(run_dir, keep=args.keep_checkpoints)
     identity = run_identity(args, data_cfg)
     resume_path, ckpt = checkpoint_to_resume(args, ckpts, identity)
+    check_ranks_resume_alike(resume_path, ckpt, run_dir)  # before rank 0 locks or writes the run folder
     with contextlib.ExitStack() as run:
         for loader in (train_loader, val_loader):  # persistent workers end with the run, whatever ends it
             run.callback(loader.shutdown_workers)

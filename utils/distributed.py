@@ -4,8 +4,9 @@ Multi-process runs start through `python -m paddle.distributed.launch --nproc_pe
 which sets PADDLE_TRAINERS_NUM / PADDLE_TRAINER_ID for every worker (NCCL on GPU, gloo on CPU).
 """
 import os
-from typing import Tuple
+from typing import Any, List, Mapping, Sequence, Tuple
 
+import numpy as np
 import paddle
 import paddle.distributed as dist
 
@@ -79,14 +80,43 @@ def broadcast_buffers(model: paddle.nn.Layer, src: int = 0) -> None:
             dist.broadcast(tensor, src=src)
 
 
-def weights_agree_across_ranks(model: paddle.nn.Layer) -> Tuple[bool, float]:
-    """(every rank holds the same weights, this rank's checksum): a float64 sum of |w| over the model."""
-    total = paddle.zeros([], dtype='float64')
-    for value in unwrap_model(model).state_dict().values():
-        total += value.astype('float64').abs().sum()
+# Room for a message about one rank's state (a path and a position) in `all_gather_rows`.
+TEXT_BYTES = 1024
+
+
+def all_gather_rows(numbers: Sequence[float], text: str = '') -> List[Tuple[Tuple[float, ...], str]]:
+    """Every rank's (numbers, text), in rank order, from one all-gather; [(numbers, text)] in one process.
+
+    `numbers` must have the same length on every rank; float64 carries integers and checksums exactly.
+    `text` travels as UTF-8 bytes cut to TEXT_BYTES (no pickling), for messages that name each rank's state.
+    """
+    numbers = tuple(float(n) for n in numbers)
     if get_world_size() == 1:
-        return True, float(total)
+        return [(numbers, text)]
+    count, encoded = len(numbers), text.encode('utf-8')[:TEXT_BYTES]
+    row = np.zeros(count + 1 + TEXT_BYTES, dtype=np.float64)  # numbers, text length, text bytes
+    row[:count], row[count] = numbers, len(encoded)
+    row[count + 1:count + 1 + len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
     gathered = []
-    dist.all_gather(gathered, total)
-    values = [float(t.reshape([])) for t in gathered]
-    return max(values) == min(values), float(total)
+    dist.all_gather(gathered, paddle.to_tensor(row))
+    rows = []
+    for values in (tensor.numpy() for tensor in gathered):
+        data = values[count + 1:count + 1 + int(values[count])].astype(np.uint8).tobytes()
+        rows.append((tuple(float(v) for v in values[:count]), data.decode('utf-8', errors='replace')))
+    return rows
+
+
+def weights_checksum(state: Mapping[str, Any]) -> float:
+    """A float64 sum of |w| over a state dict of paddle tensors or numpy arrays (a checkpoint's 'model')."""
+    total = paddle.zeros([], dtype='float64')
+    for value in state.values():
+        tensor = value if isinstance(value, paddle.Tensor) else paddle.to_tensor(value)
+        total += tensor.astype('float64').abs().sum()
+    return float(total)
+
+
+def weights_agree_across_ranks(model: paddle.nn.Layer) -> Tuple[bool, float]:
+    """(every rank holds the same weights, this rank's checksum) by `weights_checksum` over the model."""
+    checksum = weights_checksum(unwrap_model(model).state_dict())
+    values = [numbers[0] for numbers, _ in all_gather_rows([checksum])]
+    return max(values) == min(values), checksum
