@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import paddle
 import pytest
 
@@ -17,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip('sklearn', reason='the digits dataset comes from scikit-learn (requirements-dev.txt)')
 from tools.make_demo_dataset import write_digits_dataset  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+two_nodes_on_loopback = pytest.mark.skipif(
     paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() < 2,
-    reason='a CUDA build of paddle launches one worker per GPU; this needs 2 GPUs or a CPU build')]
+    reason='a CUDA build of paddle launches one worker per GPU; this needs 2 GPUs or a CPU build')
 
 REFUSAL = 'ranks resume from different states'
 
@@ -33,6 +34,40 @@ def trained(tmp_path_factory):
     assert train.main([str(data), '--output', str(root / 'output'), '--experiment', 'run', *PLAIN,
                        '--epochs', '1', '--batch_size', '2', '--lr', '1e-3']) == 0
     return data, root / 'output'
+
+
+def _gathering(monkeypatch, rows):
+    """Pretend to be one of len(rows) ranks that sent `rows`; returns what this rank sent."""
+    sent = []
+    monkeypatch.setattr(train, 'get_world_size', lambda: len(rows))
+    monkeypatch.setattr(train, 'all_gather_rows', lambda numbers, text: sent.append((tuple(numbers), text)) or rows)
+    return sent
+
+
+def test_the_fingerprint_is_the_position_and_the_checkpoints_weights(monkeypatch, tmp_path):
+    weights = {'w': np.array([1.0, -2.0], dtype='float32'), 'b': np.array([0.5], dtype='float32')}
+    ckpt = {'model': weights, 'epoch': 3, 'step_in_epoch': 7, 'global_step': 67}
+    sent = _gathering(monkeypatch, [((1, 3, 7, 67, 3.5), 'a')] * 2)
+    train.check_ranks_resume_alike(str(tmp_path / 'run' / 'checkpoint-latest.pd'), ckpt, str(tmp_path / 'run'))
+    train.check_ranks_resume_alike(None, None, str(tmp_path / 'run'))
+    assert sent == [((1, 3, 7, 67, 3.5), f"checkpoint-latest.pd epoch 3 step 7 in {tmp_path / 'run'}"),
+                    ((0, 0, 0, 0, 0.0), f"no checkpoint in {tmp_path / 'run'}")]
+
+
+def test_ranks_are_named_by_group_and_copies_of_one_checkpoint_agree(monkeypatch):
+    there, empty = ((1, 1, 0, 3, 9.25), 'checkpoint-latest.pd epoch 1 step 0 in /x/run'), ((0,) * 5, 'no checkpoint')
+    with pytest.raises(ValueError) as refused:
+        _gathering(monkeypatch, [there] * 8 + [empty] * 7 + [there])
+        train.check_ranks_resume_alike(None, None, 'run')
+    assert str(refused.value).startswith(f'{REFUSAL} (ranks 0, 1, 2, 3, 4, 5, 6, 7, 15: checkpoint-latest.pd epoch 1 '
+                                         f'step 0 in /x/run; ranks 8-14: no checkpoint): --output must be one folder')
+    other_weights = ((1, 1, 0, 3, 9.5), there[1])  # the same name and position, other weights
+    with pytest.raises(ValueError, match=r'\(rank 0: checkpoint-latest.pd epoch 1 step 0 in /x/run \(global step 3, '
+                                         r'weights checksum 9.25\); rank 1: .* checksum 9.5\)\)'):
+        _gathering(monkeypatch, [there, other_weights])
+        train.check_ranks_resume_alike(None, None, 'run')
+    _gathering(monkeypatch, [there, (there[0], 'copy.pd epoch 1 step 0 in /y')])  # --resume on every node
+    train.check_ranks_resume_alike(None, None, 'run')
 
 
 def _free_port():
@@ -55,6 +90,8 @@ def _worker_log(tmp_path, node):
     return ''.join(p.read_text() for p in sorted((tmp_path / f'node{node}').glob('workerlog.*')))
 
 
+@pytest.mark.slow
+@two_nodes_on_loopback
 def test_separate_output_folders_refuse_on_both_nodes_within_seconds(trained, tmp_path):
     data, output = trained
     folders = [output, tmp_path / 'empty']  # node 0 holds the checkpoint, node 1 has nothing
@@ -80,6 +117,8 @@ def test_separate_output_folders_refuse_on_both_nodes_within_seconds(trained, tm
     assert not (tmp_path / 'empty' / 'run').exists()
 
 
+@pytest.mark.slow
+@two_nodes_on_loopback
 def test_a_shared_output_folder_or_resume_on_every_node_resumes(trained, tmp_path):
     data, output = trained
     shared = tmp_path / 'shared'
@@ -88,8 +127,8 @@ def test_a_shared_output_folder_or_resume_on_every_node_resumes(trained, tmp_pat
     shutil.copy(output / 'run' / 'checkpoint-latest.pd', copy)
     latest = output / 'run' / 'checkpoint-latest.pd'
     runs = {'shared': (lambda node: ['--output', str(shared)], shared / 'run' / 'checkpoint-latest.pd'),
-            'resume': (lambda node: ['--output', str(tmp_path / f'out{node}'), '--resume', str(copy if node else latest)],
-                       latest)}
+            'resume': (lambda node: ['--output', str(tmp_path / f'out{node}'),
+                                     '--resume', str(copy if node else latest)], latest)}
     for name, (where, resumed) in runs.items():
         logs = tmp_path / name
         nodes = _two_nodes(logs, lambda node: [str(data), *where(node), '--experiment', 'run', *PLAIN,

@@ -25,6 +25,20 @@ def test_single_process_reductions_are_identity():
     assert dist_utils.all_reduce_mean(x).numpy().tolist() == [1.0, 3.0]
 
 
+def test_single_process_gather_returns_this_rank_only():
+    assert dist_utils.all_gather_rows([1, 2.5], 'text') == [((1.0, 2.5), 'text')]
+
+
+def test_weights_checksum_is_the_same_for_tensors_and_their_numpy_copies():
+    layer = paddle.nn.Linear(3, 2)
+    state = layer.state_dict()
+    checksum = dist_utils.weights_checksum(state)
+    assert checksum == dist_utils.weights_checksum({k: v.numpy() for k, v in state.items()})
+    assert checksum == pytest.approx(sum(float(abs(v.numpy()).sum()) for v in state.values()))
+    layer.bias.set_value(layer.bias + 1e-3)
+    assert dist_utils.weights_checksum(layer.state_dict()) != checksum
+
+
 def test_unwrap_model_plain_layer():
     layer = paddle.nn.Linear(2, 2)
     assert dist_utils.unwrap_model(layer) is layer
@@ -34,7 +48,7 @@ _WORKER = textwrap.dedent('''
     import json, os, sys
     sys.path.insert(0, os.environ['REPO_ROOT'])
     import paddle
-    from utils.distributed import all_reduce_mean, all_reduce_sum, init_distributed
+    from utils.distributed import all_gather_rows, all_reduce_mean, all_reduce_sum, init_distributed
     from utils.metrics import SmoothedValue
 
     rank, world = init_distributed()
@@ -43,8 +57,9 @@ _WORKER = textwrap.dedent('''
     meter = SmoothedValue()
     meter.update(paddle.to_tensor(float(rank)), n=rank + 1)  # rank 0: 0 x1, rank 1: 1 x2
     meter.synchronize_between_processes()
+    rows = all_gather_rows([rank, 2 ** 53 - rank, 0.1 * rank], 'rank %d in /ŝhared/' % rank + 'x' * 2000 * rank)
     result = dict(rank=rank, world=world, total=total.numpy().tolist(), mean=mean.numpy().tolist(),
-                  count=meter.count, global_avg=meter.global_avg)
+                  count=meter.count, global_avg=meter.global_avg, rows=rows)
     with open(os.path.join(os.environ['RESULT_DIR'], f'rank{rank}.json'), 'w') as f:
         json.dump(result, f)
 ''')
@@ -69,3 +84,6 @@ def test_two_process_all_reduce(tmp_path):
         assert res['total'] == [3.0, 20.0]
         assert res['mean'] == [1.0]
         assert res['count'] == 3 and res['global_avg'] == pytest.approx(2 / 3)
+        # every rank gets every rank's row: numbers exact in float64, text cut to TEXT_BYTES
+        cut = ('rank 1 in /ŝhared/' + 'x' * 2000)[:dist_utils.TEXT_BYTES - 1]  # ŝ is 2 bytes
+        assert res['rows'] == [[[0.0, 2.0 ** 53, 0.0], 'rank 0 in /ŝhared/'], [[1.0, 2.0 ** 53 - 1, 0.1], cut]]
