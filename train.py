@@ -29,6 +29,7 @@ from utils.config import build_train_parser, dump_config, parse_args
 from utils.distributed import (all_gather_rows, broadcast_buffers, get_world_size, init_distributed,
                                unwrap_model, weights_agree_across_ranks, weights_checksum)
 from utils.ema import ModelEma
+from utils.entrypoint import USER_ERRORS
 from utils.env import seed_everything
 from utils.evaluation import evaluate
 from utils.logger import get_logger, log_json, setup_logger, truncate_json_log
@@ -107,26 +108,46 @@ def checkpoint_to_resume(args, ckpts: CheckpointManager, identity: dict):
     return latest, ckpt
 
 
-def check_ranks_resume_alike(resume_path, ckpt, run_dir: str) -> None:
-    """Refuse on every rank at once when the ranks would continue from different states.
+def agreed_checkpoint_to_resume(args, ckpts: CheckpointManager, identity: dict):
+    """`checkpoint_to_resume` on this rank, refused on every rank at once unless all ranks chose the same state.
 
     Each rank picks its checkpoint from its own file system, so nodes with separate --output folders pick
     different ones (or none) and would train apart until a collective times out, with nothing saying why.
     paddle.DataParallel copies rank 0's weights at the start, but not the optimizer, EMA, loss scale or
     position: ranks compare (has checkpoint, epoch, step, global step, checksum of its weights) instead.
+    A rank that cannot resume at all (a --resume file missing on its node) still sends its row, so the
+    others stop with its reason instead of waiting for it in the next collective.
     """
+    try:
+        resume_path, ckpt = checkpoint_to_resume(args, ckpts, identity)
+    except USER_ERRORS as error:
+        if get_world_size() > 1:
+            all_gather_rows(_NO_RESUME, str(error))
+        raise
     if get_world_size() == 1:
-        return
+        return resume_path, ckpt
     if ckpt is None:
-        fingerprint, source = (0, 0, 0, 0, 0.0), f'no checkpoint in {os.path.abspath(run_dir)}'
+        fingerprint, source = (0, 0, 0, 0, 0.0), f'no checkpoint in {os.path.abspath(ckpts.output_dir)}'
     else:
         epoch, step, global_step = (int(ckpt[k]) for k in ('epoch', 'step_in_epoch', 'global_step'))
         fingerprint = (1, epoch, step, global_step, weights_checksum(ckpt['model']))
         path = os.path.abspath(resume_path)
         source = f'{os.path.basename(path)} epoch {epoch} step {step} in {os.path.dirname(path)}'
     rows = all_gather_rows(fingerprint, source)
-    if len({numbers for numbers, _ in rows}) == 1:
-        return
+    failed = [(rank, text) for rank, (numbers, text) in enumerate(rows) if numbers == _NO_RESUME]
+    if failed:
+        raise ValueError(f'rank {failed[0][0]} cannot resume: {failed[0][1]}')
+    if len({numbers for numbers, _ in rows}) > 1:
+        raise ValueError(f'ranks resume from different states ({_by_rank_groups(rows)}): --output must be one '
+                         f'folder shared by all nodes, or pass --resume PATH on every node')
+    return resume_path, ckpt
+
+
+_NO_RESUME = (-1.0, 0.0, 0.0, 0.0, 0.0)  # the row of a rank whose checkpoint_to_resume failed
+
+
+def _by_rank_groups(rows) -> str:
+    """'ranks 0-7: <text>; ranks 8-15: <text>' for gathered (numbers, text) rows."""
     ranks_of = {}
     for rank, row in enumerate(rows):
         ranks_of.setdefault(row, []).append(rank)
@@ -139,8 +160,7 @@ def check_ranks_resume_alike(resume_path, ckpt, run_dir: str) -> None:
         who = (f'rank {ranks[0]}' if len(ranks) == 1 else f'ranks {ranks[0]}-{ranks[-1]}' if consecutive
                else 'ranks ' + ', '.join(map(str, ranks)))
         parts.append(f'{who}: {text}')
-    raise ValueError(f'ranks resume from different states ({"; ".join(parts)}): --output must be one folder '
-                     f'shared by all nodes, or pass --resume PATH on every node')
+    return '; '.join(parts)
 
 
 def resumed_position(ckpt: dict, position: dict, args, world_size: int) -> Tuple[dict, str]:
@@ -180,8 +200,7 @@ def main(argv=None) -> int:
     model, train_set, data_cfg, train_loader, val_loader = build_model_and_data(args, rank, world_size)
     ckpts = CheckpointManager(run_dir, keep=args.keep_checkpoints)
     identity = run_identity(args, data_cfg)
-    resume_path, ckpt = checkpoint_to_resume(args, ckpts, identity)
-    check_ranks_resume_alike(resume_path, ckpt, run_dir)  # before rank 0 locks or writes the run folder
+    resume_path, ckpt = agreed_checkpoint_to_resume(args, ckpts, identity)  # before rank 0 locks or writes
     with contextlib.ExitStack() as run:
         for loader in (train_loader, val_loader):  # persistent workers end with the run, whatever ends it
             run.callback(loader.shutdown_workers)

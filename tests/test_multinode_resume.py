@@ -12,6 +12,7 @@ import paddle
 import pytest
 
 import train
+from utils.checkpoint import CheckpointManager
 from tests.test_train import PLAIN, _alive, _descendants, _log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,38 +37,61 @@ def trained(tmp_path_factory):
     return data, root / 'output'
 
 
-def _gathering(monkeypatch, rows):
-    """Pretend to be one of len(rows) ranks that sent `rows`; returns what this rank sent."""
+def _gathering(monkeypatch, rows, chosen=(None, None)):
+    """Be one of len(rows) ranks that sent `rows`, having chosen `chosen` (or raising it); returns what it sent."""
     sent = []
     monkeypatch.setattr(train, 'get_world_size', lambda: len(rows))
     monkeypatch.setattr(train, 'all_gather_rows', lambda numbers, text: sent.append((tuple(numbers), text)) or rows)
+
+    def checkpoint_to_resume(args, ckpts, identity):
+        if isinstance(chosen, Exception):
+            raise chosen
+        return chosen
+    monkeypatch.setattr(train, 'checkpoint_to_resume', checkpoint_to_resume)
     return sent
+
+
+def _agree(run_dir='/y/run'):
+    return train.agreed_checkpoint_to_resume(None, CheckpointManager(str(run_dir)), {})
 
 
 def test_the_fingerprint_is_the_position_and_the_checkpoints_weights(monkeypatch, tmp_path):
     weights = {'w': np.array([1.0, -2.0], dtype='float32'), 'b': np.array([0.5], dtype='float32')}
     ckpt = {'model': weights, 'epoch': 3, 'step_in_epoch': 7, 'global_step': 67}
-    sent = _gathering(monkeypatch, [((1, 3, 7, 67, 3.5), 'a')] * 2)
-    train.check_ranks_resume_alike(str(tmp_path / 'run' / 'checkpoint-latest.pd'), ckpt, str(tmp_path / 'run'))
-    train.check_ranks_resume_alike(None, None, str(tmp_path / 'run'))
-    assert sent == [((1, 3, 7, 67, 3.5), f"checkpoint-latest.pd epoch 3 step 7 in {tmp_path / 'run'}"),
-                    ((0, 0, 0, 0, 0.0), f"no checkpoint in {tmp_path / 'run'}")]
+    path = str(tmp_path / 'run' / 'checkpoint-latest.pd')
+    sent = _gathering(monkeypatch, [((1, 3, 7, 67, 3.5), 'a')] * 2, chosen=(path, ckpt))
+    assert _agree(tmp_path / 'run') == (path, ckpt)
+    assert sent == [((1, 3, 7, 67, 3.5), f"checkpoint-latest.pd epoch 3 step 7 in {tmp_path / 'run'}")]
+    sent = _gathering(monkeypatch, [((0,) * 5, 'b')] * 2)
+    assert _agree(tmp_path / 'run') == (None, None)
+    assert sent == [((0, 0, 0, 0, 0.0), f"no checkpoint in {tmp_path / 'run'}")]
 
 
 def test_ranks_are_named_by_group_and_copies_of_one_checkpoint_agree(monkeypatch):
     there, empty = ((1, 1, 0, 3, 9.25), 'checkpoint-latest.pd epoch 1 step 0 in /x/run'), ((0,) * 5, 'no checkpoint')
+    _gathering(monkeypatch, [there] * 8 + [empty] * 7 + [there])
     with pytest.raises(ValueError) as refused:
-        _gathering(monkeypatch, [there] * 8 + [empty] * 7 + [there])
-        train.check_ranks_resume_alike(None, None, 'run')
+        _agree()
     assert str(refused.value).startswith(f'{REFUSAL} (ranks 0, 1, 2, 3, 4, 5, 6, 7, 15: checkpoint-latest.pd epoch 1 '
                                          f'step 0 in /x/run; ranks 8-14: no checkpoint): --output must be one folder')
-    other_weights = ((1, 1, 0, 3, 9.5), there[1])  # the same name and position, other weights
+    _gathering(monkeypatch, [there, ((1, 1, 0, 3, 9.5), there[1])])  # the same name and position, other weights
     with pytest.raises(ValueError, match=r'\(rank 0: checkpoint-latest.pd epoch 1 step 0 in /x/run \(global step 3, '
                                          r'weights checksum 9.25\); rank 1: .* checksum 9.5\)\)'):
-        _gathering(monkeypatch, [there, other_weights])
-        train.check_ranks_resume_alike(None, None, 'run')
+        _agree()
     _gathering(monkeypatch, [there, (there[0], 'copy.pd epoch 1 step 0 in /y')])  # --resume on every node
-    train.check_ranks_resume_alike(None, None, 'run')
+    _agree()
+
+
+def test_a_rank_that_cannot_resume_stops_the_others_with_its_reason(monkeypatch):
+    missing = FileNotFoundError('/y/ckpt.pd: no such file')
+    sent = _gathering(monkeypatch, [((0,) * 5, 'no checkpoint in /x/run'), (train._NO_RESUME, str(missing))],
+                      chosen=missing)
+    with pytest.raises(FileNotFoundError):  # its own error, after telling the others
+        _agree()
+    assert sent == [(train._NO_RESUME, '/y/ckpt.pd: no such file')]
+    _gathering(monkeypatch, [((0,) * 5, 'no checkpoint in /x/run'), (train._NO_RESUME, str(missing))])
+    with pytest.raises(ValueError, match=r'^rank 1 cannot resume: /y/ckpt.pd: no such file$'):
+        _agree()
 
 
 def _free_port():
@@ -123,23 +147,22 @@ def test_a_shared_output_folder_or_resume_on_every_node_resumes(trained, tmp_pat
     data, output = trained
     shared = tmp_path / 'shared'
     shutil.copytree(output, shared)
-    copy = tmp_path / 'copy-on-node1.pd'  # node 1's own copy of the checkpoint, named otherwise
-    shutil.copy(output / 'run' / 'checkpoint-latest.pd', copy)
-    latest = output / 'run' / 'checkpoint-latest.pd'
+    latest, copy = output / 'run' / 'checkpoint-latest.pd', tmp_path / 'copy-on-node1.pd'
+    shutil.copy(latest, copy)  # node 1's own copy of the checkpoint, named otherwise
     runs = {'shared': (lambda node: ['--output', str(shared)], shared / 'run' / 'checkpoint-latest.pd'),
             'resume': (lambda node: ['--output', str(tmp_path / f'out{node}'),
                                      '--resume', str(copy if node else latest)], latest)}
-    for name, (where, resumed) in runs.items():
-        logs = tmp_path / name
-        nodes = _two_nodes(logs, lambda node: [str(data), *where(node), '--experiment', 'run', *PLAIN,
-                                               '--epochs', '2', '--batch_size', '2', '--lr', '1e-3'])
-        try:
-            codes = [node.wait(timeout=120) for node in nodes]
-        finally:
-            for node in nodes:
-                node.kill()
-        log = _worker_log(logs, 0)  # rank 1 logs warnings and errors only
-        assert codes == [0, 0], log[-3000:] + _worker_log(logs, 1)[-3000:]
+    jobs = {name: _two_nodes(tmp_path / name, lambda node, where=where: [
+        str(data), *where(node), '--experiment', 'run', *PLAIN, '--epochs', '2', '--batch_size', '2', '--lr', '1e-3'])
+        for name, (where, _) in runs.items()}  # both jobs at once: they spend most of their time starting
+    try:
+        codes = {name: [node.wait(timeout=180) for node in nodes] for name, nodes in jobs.items()}
+    finally:
+        for node in (node for nodes in jobs.values() for node in nodes):
+            node.kill()
+    for name, (_, resumed) in runs.items():
+        log = _worker_log(tmp_path / name, 0)  # rank 1 logs warnings and errors only
+        assert codes[name] == [0, 0], log[-3000:] + _worker_log(tmp_path / name, 1)[-3000:]
         assert f'resumed from {resumed} at epoch 1 step 0' in log and 'Epoch: [0]' not in log
         assert 'Epoch: [1]' in log and 'identical on all 2 ranks' in log  # rank 1 trained from the same state
     assert [r['epoch'] for r in _log(shared / 'run')] == [0, 1]
