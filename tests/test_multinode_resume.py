@@ -13,7 +13,7 @@ import pytest
 
 import train
 from utils.checkpoint import CheckpointManager
-from tests.test_train import PLAIN, _alive, _descendants, _log
+from tests.test_train import PLAIN, _log
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip('sklearn', reason='the digits dataset comes from scikit-learn (requirements-dev.txt)')
@@ -110,6 +110,12 @@ def _two_nodes(tmp_path, flags_of_node):
                              stderr=subprocess.DEVNULL) for node in (0, 1)]
 
 
+def _running_with(text):
+    """PIDs of live processes whose command line mentions `text` (ranks run in sessions of their own)."""
+    rows = subprocess.run(['ps', '-eo', 'pid=,stat=,args='], capture_output=True, text=True).stdout.splitlines()
+    return [int(row.split()[0]) for row in rows if text in row and row.split()[1][0] != 'Z']
+
+
 def _worker_log(tmp_path, node):
     return ''.join(p.read_text() for p in sorted((tmp_path / f'node{node}').glob('workerlog.*')))
 
@@ -122,7 +128,6 @@ def test_separate_output_folders_refuse_on_both_nodes_within_seconds(trained, tm
     before = sorted(p.name for p in (output / 'run').iterdir())
     nodes = _two_nodes(tmp_path, lambda node: [str(data), '--output', str(folders[node]), '--experiment', 'run',
                                                *PLAIN, '--epochs', '2', '--batch_size', '2', '--lr', '1e-3'])
-    started = [pid for node in nodes for pid in _descendants(node.pid)]
     try:
         codes = [node.wait(timeout=60) for node in nodes]  # generous: the refusal itself takes a collective
     finally:
@@ -136,7 +141,7 @@ def test_separate_output_folders_refuse_on_both_nodes_within_seconds(trained, tm
         log = _worker_log(tmp_path, node)
         assert [line for line in log.splitlines() if REFUSAL in line] == [f'error: {expected}'], log[-3000:]
         assert 'Epoch: [' not in log
-    assert not _alive(started)
+    assert not _running_with(str(data))  # no launcher, rank or loader worker of either node is left
     assert sorted(p.name for p in (output / 'run').iterdir()) == before  # no lock, args.yaml or log written
     assert not (tmp_path / 'empty' / 'run').exists()
 
