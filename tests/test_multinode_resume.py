@@ -12,8 +12,8 @@ import paddle
 import pytest
 
 import train
-from utils.checkpoint import CheckpointManager
 from tests.test_train import PLAIN, _log
+from utils.checkpoint import CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip('sklearn', reason='the digits dataset comes from scikit-learn (requirements-dev.txt)')
