@@ -48,7 +48,8 @@ _WORKER = textwrap.dedent('''
     import json, os, sys
     sys.path.insert(0, os.environ['REPO_ROOT'])
     import paddle
-    from utils.distributed import all_gather_rows, all_reduce_mean, all_reduce_sum, init_distributed
+    from utils.distributed import (all_gather_rows, all_reduce_mean, all_reduce_sum, init_distributed,
+                                   weights_agree_across_ranks)
     from utils.metrics import SmoothedValue
 
     rank, world = init_distributed()
@@ -58,8 +59,14 @@ _WORKER = textwrap.dedent('''
     meter.update(paddle.to_tensor(float(rank)), n=rank + 1)  # rank 0: 0 x1, rank 1: 1 x2
     meter.synchronize_between_processes()
     rows = all_gather_rows([rank, 2 ** 53 - rank, 0.1 * rank], 'rank %d in /ŝhared/' % rank + 'x' * 2000 * rank)
+    layer = paddle.nn.Linear(2, 1)
+    layer.weight.set_value(paddle.full([2, 1], 0.5))
+    layer.bias.set_value(paddle.full([1], -1.0))
+    same = weights_agree_across_ranks(layer)
+    layer.bias.set_value(paddle.full([1], -1.0 - rank))
+    apart = weights_agree_across_ranks(layer)
     result = dict(rank=rank, world=world, total=total.numpy().tolist(), mean=mean.numpy().tolist(),
-                  count=meter.count, global_avg=meter.global_avg, rows=rows)
+                  count=meter.count, global_avg=meter.global_avg, rows=rows, same=same, apart=apart)
     with open(os.path.join(os.environ['RESULT_DIR'], f'rank{rank}.json'), 'w') as f:
         json.dump(result, f)
 ''')
@@ -87,3 +94,4 @@ def test_two_process_all_reduce(tmp_path):
         # every rank gets every rank's row: numbers exact in float64, text cut to TEXT_BYTES
         cut = ('rank 1 in /ŝhared/' + 'x' * 2000)[:dist_utils.TEXT_BYTES - 1]  # ŝ is 2 bytes
         assert res['rows'] == [[[0.0, 2.0 ** 53, 0.0], 'rank 0 in /ŝhared/'], [[1.0, 2.0 ** 53 - 1, 0.1], cut]]
+        assert res['same'] == [True, 2.0] and res['apart'] == [False, 2.0 + r]  # (agree, this rank's sum of |w|)
