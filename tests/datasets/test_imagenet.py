@@ -73,7 +73,8 @@ def test_list_file_paths_with_spaces(tmp_path, image_writer):
     ds = build_dataset(str(tmp_path), 'train', list_file='train_list.txt', num_classes=10)
     assert isinstance(ds, ImageListDataset)
     assert ds.labels.tolist() == [7, 2] and ds.num_classes == 10
-    assert build_dataset(str(tmp_path), 'train', list_file='train_list.txt').num_classes == 8
+    with pytest.raises(ValueError, match='train_list.txt:3: label 2, but no line has label 0: labels must be 0..N-1'):
+        build_dataset(str(tmp_path), 'train', list_file='train_list.txt')  # ids skipped: given num_classes only
     assert ds.path(0) == str(tmp_path / 'my images' / 'a b.jpg')
     assert ds[0][0].shape == (48, 40, 3)
 
