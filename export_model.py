@@ -63,7 +63,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with portable_attention():  # matmul/softmax in the graph, whatever device traces it
         files = export_inference_model(rewrite_for_export(model), args.output, args.model, data_cfg,
                                        batch_size=args.batch_size, with_softmax=args.with_softmax,
-                                       label_names=label_names, class_names=model.class_names, onnx=args.onnx, calib_batches=calib_batches)
+                                       label_names=label_names, class_names=model.class_names, onnx=args.onnx,
+                                       calib_batches=calib_batches)
     print(json.dumps({'output': args.output, 'files': files, 'model': args.model,
                       'num_classes': model.num_classes, 'input_size': list(data_cfg['input_size'])}))
     return 0

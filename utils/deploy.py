@@ -74,7 +74,8 @@ def _plain(value):
 
 def export_inference_model(model, output_dir: str, model_name: str, data_cfg: dict, *, batch_size: int = -1,
                            with_softmax: bool = False, label_names: Optional[Sequence[str]] = None,
-                           class_names: Optional[Sequence[str]] = None, onnx: bool = False, calib_batches: Optional[Sequence[np.ndarray]] = None) -> List[str]:
+                           class_names: Optional[Sequence[str]] = None, onnx: bool = False,
+                           calib_batches: Optional[Sequence[np.ndarray]] = None) -> List[str]:
     """Export `model` for deployment into `output_dir`; returns the written file names. `model` is traced
     as given: pass `models.export_rewrites.rewrite_for_export(model)` for the deployed form.
 
