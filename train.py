@@ -16,7 +16,7 @@ from typing import Tuple
 import paddle
 
 from cli import run_main
-from datasets.imagenet import build_dataset
+from datasets.imagenet import build_dataset, check_class_names
 from datasets.loader import build_loader
 from datasets.mixup import Mixup
 from datasets.transforms import build_transform, resolve_data_cfg
@@ -147,6 +147,11 @@ def main(argv=None) -> int:
     ckpts = CheckpointManager(run_dir, keep=args.keep_checkpoints)
     identity = run_identity(args, data_cfg)
     resume_path, ckpt = checkpoint_to_resume(args, ckpts, identity)
+    if ckpt is not None and ckpt.get('class_names') is not None and train_set.classes is not None:
+        # the same number of classes loads, but a renamed or replaced folder would take another's label
+        check_class_names(train_set.root, train_set.classes, ckpt['class_names'], f'the checkpoint {resume_path}',
+                          fix=f'its labels would go to other classes; restore the folder names, or start a new run '
+                              f'from its weights with --finetune {resume_path} --experiment NAME')
     with contextlib.ExitStack() as run:
         for loader in (train_loader, val_loader):  # persistent workers end with the run, whatever ends it
             run.callback(loader.shutdown_workers)

@@ -157,18 +157,20 @@ class ImageFolderDataset(ImageDataset):
         self.num_classes = len(self.classes)
 
 
-def check_class_names(split_dir: str, found: Sequence[str], expected: Sequence[str], names_of: str) -> None:
-    """Refuse class folders whose names differ from `expected`, naming the first differing folder."""
+def check_class_names(split_dir: str, found: Sequence[str], expected: Sequence[str], names_of: str,
+                      fix: Optional[str] = None) -> None:
+    """Refuse class folders whose names differ from `expected`, naming the first differing folder; `fix`
+    says what to do (default: a val split's remedies)."""
     if list(found) == list(expected):
         return
     shown = ', '.join(expected[:10]) + (f', ... ({len(expected)} classes)' if len(expected) > 10 else '')
     extra = [name for name in found if name not in set(expected)]
     if extra:
         raise ValueError(f'{os.path.join(split_dir, extra[0])} is not a class of {names_of} (it has {shown}): '
-                         f'rename it or pass --cls_label_path_val FILE')
+                         f'{fix or "rename it or pass --cls_label_path_val FILE"}')
     missing = [name for name in expected if name not in set(found)]
-    raise ValueError(f'{split_dir}: no folder for class {missing[0]} of {names_of} (it has {shown}): every split '
-                     f'needs every class; add it or pass --cls_label_path_val FILE')
+    raise ValueError(f'{split_dir}: no folder for class {missing[0]} of {names_of} (it has {shown}): '
+                     f'{fix or "every split needs every class; add it or pass --cls_label_path_val FILE"}')
 
 
 def _class_folders(split_dir: str) -> List[str]:

@@ -181,3 +181,21 @@ def test_imagenet_runs_keep_the_official_names():
     assert label_names_for(1000, class_names=wnids) == official and official[0].startswith('tench')
     assert label_names_for(3, class_names=list(SHAPES)) == list(SHAPES)
     assert label_names_for(1000, class_names=[f'class{i}' for i in range(1000)])[0] == 'class0'
+
+
+def test_resuming_on_renamed_train_folders_is_refused(shapes, tmp_path, capsys):
+    data = tmp_path / 'data'
+    shutil.copytree(shapes, data)
+    argv = [str(data), '--output', str(tmp_path / 'out'), '--experiment', 'run', *PLAIN]
+    assert script_main('train.py')(argv) == 0
+    for split in ('train', 'val'):  # the same count, one name changed: label 0 would become square
+        (data / split / 'circle').rename(data / split / 'zcircle')
+    latest = tmp_path / 'out' / 'run' / 'checkpoint-latest.pd'
+    before = latest.read_bytes()
+    capsys.readouterr()
+    error = one_line_error('train.py', [*argv, '--epochs', '2'], capsys)
+    assert error == (f"error: {data / 'train' / 'zcircle'} is not a class of the checkpoint {latest} (it has circle, "
+                     f"square, triangle): its labels would go to other classes; restore the folder names, or start "
+                     f"a new run from its weights with --finetune {latest} --experiment NAME")
+    assert_hint_flags_exist(error, 'train.py')
+    assert latest.read_bytes() == before
