@@ -170,8 +170,16 @@ def preprocess(paths: Sequence[str], transform: Callable) -> np.ndarray:
     return np.stack([transform(read_image(p)) for p in paths]).astype(np.float32, copy=False)
 
 
-# ImageNet-1k class folders are WordNet ids; sorted, they are the official label order the name list follows.
-IMAGENET_CLASS_FOLDER = re.compile(r'n\d{8}')
+# ImageNet-1k's class folders: 1000 WordNet ids whose sorted order is the official label order (that of
+# IMAGENET_LABELS), from n01440764 (tench) to n15075141 (toilet tissue). The repo ships no full wnid list;
+# another 1000 wnids (an ImageNet-21k subset) would not start and end with these two.
+WNID = re.compile(r'n\d{8}')
+IMAGENET_FIRST_LAST_WNIDS = ('n01440764', 'n15075141')
+
+
+def is_imagenet_1k_folders(class_names: Sequence[str]) -> bool:
+    return (len(class_names) == 1000 and (class_names[0], class_names[-1]) == IMAGENET_FIRST_LAST_WNIDS
+            and all(WNID.fullmatch(name) for name in class_names))
 
 
 def label_names_for(num_classes: int, label_list: Optional[str] = None,
@@ -179,8 +187,7 @@ def label_names_for(num_classes: int, label_list: Optional[str] = None,
     """Names to show for each class id: from `label_list` ('id name' lines), else the training data's
     `class_names` (a checkpoint's), else None; ImageNet's wnid folders, and 1000 classes without names,
     show the repo's ImageNet names."""
-    imagenet_folders = len(class_names or ()) == 1000 and all(IMAGENET_CLASS_FOLDER.fullmatch(n) for n in class_names)
-    if label_list is None and class_names is not None and not imagenet_folders:
+    if label_list is None and class_names is not None and not is_imagenet_1k_folders(class_names):
         if len(class_names) != num_classes:
             raise ValueError(f"the checkpoint's class_names has {len(class_names)} names, expected {num_classes} "
                              f"(the model's num_classes): pass --label_list FILE")

@@ -164,13 +164,16 @@ def check_class_names(split_dir: str, found: Sequence[str], expected: Sequence[s
     if list(found) == list(expected):
         return
     shown = ', '.join(expected[:10]) + (f', ... ({len(expected)} classes)' if len(expected) > 10 else '')
-    extra = [name for name in found if name not in set(expected)]
+    extra = sorted(set(found) - set(expected))
     if extra:
         raise ValueError(f'{os.path.join(split_dir, extra[0])} is not a class of {names_of} (it has {shown}): '
                          f'{fix or "rename it or pass --cls_label_path_val FILE"}')
-    missing = [name for name in expected if name not in set(found)]
-    raise ValueError(f'{split_dir}: no folder for class {missing[0]} of {names_of} (it has {shown}): '
-                     f'{fix or "every split needs every class; add it or pass --cls_label_path_val FILE"}')
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise ValueError(f'{split_dir}: no folder for class {missing[0]} of {names_of} (it has {shown}): '
+                         f'{fix or "every split needs every class; add it or pass --cls_label_path_val FILE"}')
+    raise ValueError(f'{split_dir}: the class folders sort in another order than the classes of {names_of} '
+                     f'({shown}), so labels would differ: {fix or "pass --cls_label_path_val FILE"}')
 
 
 def _class_folders(split_dir: str) -> List[str]:

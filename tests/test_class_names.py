@@ -177,8 +177,10 @@ def test_a_list_file_whose_labels_skip_ids_is_refused_naming_the_line(shapes, tm
 
 def test_imagenet_runs_keep_the_official_names():
     official = label_names_for(1000)
-    wnids = [f'n{i:08d}' for i in range(1000)]  # the shape of ImageNet's class folders
+    wnids = ['n01440764', *(f'n{i:08d}' for i in range(2, 1000)), 'n15075141']  # ImageNet-1k's first and last
     assert label_names_for(1000, class_names=wnids) == official and official[0].startswith('tench')
+    other_wnids = [f'n{i:08d}' for i in range(1000)]  # 1000 classes of ImageNet-21k, say: their own names
+    assert label_names_for(1000, class_names=other_wnids) == other_wnids
     assert label_names_for(3, class_names=list(SHAPES)) == list(SHAPES)
     assert label_names_for(1000, class_names=[f'class{i}' for i in range(1000)])[0] == 'class0'
 
