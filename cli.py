@@ -7,11 +7,12 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
 import time
 import zipfile
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -51,18 +52,21 @@ def add_weight_args(parser: argparse.ArgumentParser, required: bool = True) -> N
                        help="classifier size when it differs from the variant's (default: the variant's)")
 
 
-def run_args_for(checkpoint: str) -> dict:
-    """The training run's resolved settings stored in a train.py checkpoint (its 'args' entry), or {}.
+def training_run_of(checkpoint: str) -> Tuple[dict, Optional[List[str]]]:
+    """(resolved settings, class names) of the training run stored in a train.py checkpoint (its 'args'
+    and 'class_names' entries), or ({}, None).
 
-    A checkpoint carries its run's class count and eval preprocessing this way, so eval, predict and
-    export use what training used without repeating flags, whatever the file is called or where it lies.
-    Torch zips and safetensors (released weights) carry no run settings and are not read here.
+    A checkpoint carries its run's class count, eval preprocessing and class names this way, so eval,
+    predict and export use what training used without repeating flags, whatever the file is called or
+    where it lies. Torch zips and safetensors (released weights) carry neither and are not read here.
     """
     if not os.path.isfile(checkpoint) or zipfile.is_zipfile(checkpoint) or is_safetensors(checkpoint):
-        return {}
+        return {}, None
     state = read_checkpoint(checkpoint)
-    args = state.get('args') if isinstance(state, dict) else None
-    return args if isinstance(args, dict) else {}
+    if not isinstance(state, dict):
+        return {}, None
+    args, names = state.get('args'), state.get('class_names')
+    return (args if isinstance(args, dict) else {}), (list(names) if isinstance(names, (list, tuple)) else None)
 
 
 def load_model(name: str, resume: Optional[str] = None, pretrained: Optional[str] = None,
@@ -71,18 +75,20 @@ def load_model(name: str, resume: Optional[str] = None, pretrained: Optional[str
 
     A train.py checkpoint means the same whichever of `resume`/`pretrained` names it: its run's num_classes
     and eval preprocessing (input_size, crop_pct, interpolation) become the model's, unless given here
-    (num_classes) or by flags later (the protocol).
+    (num_classes) or by flags later (the protocol). `model.class_names` is its training data's class names
+    by label id (None for weights without them, e.g. released ones).
     """
     if not (resume or pretrained):
         raise ValueError(NO_WEIGHTS_HINT)
     path = resolve_source(resume or pretrained)
-    run_args = run_args_for(path)
+    run_args, class_names = training_run_of(path)
     num_classes = num_classes or run_args.get('num_classes')
     model = create_model(name, **({'num_classes': num_classes} if num_classes else {}))
     load_weights(model, path, key='model_ema' if use_ema else None)
     if run_args:
         model.default_cfg.update(resolve_data_cfg(model.default_cfg, **{
             k: run_args.get(k) for k in ('input_size', 'crop_pct', 'interpolation')}))
+    model.class_names = class_names
     model.eval()
     return model
 
@@ -164,8 +170,28 @@ def preprocess(paths: Sequence[str], transform: Callable) -> np.ndarray:
     return np.stack([transform(read_image(p)) for p in paths]).astype(np.float32, copy=False)
 
 
-def label_names_for(num_classes: int, label_list: Optional[str] = None) -> Optional[List[str]]:
-    """Class names from `label_list`, else the repo's ImageNet list for 1000 classes, else None."""
+# ImageNet-1k's class folders: 1000 WordNet ids whose sorted order is the official label order (that of
+# IMAGENET_LABELS), from n01440764 (tench) to n15075141 (toilet tissue). The repo ships no full wnid list;
+# another 1000 wnids (an ImageNet-21k subset) would not start and end with these two.
+WNID = re.compile(r'n\d{8}')
+IMAGENET_FIRST_LAST_WNIDS = ('n01440764', 'n15075141')
+
+
+def is_imagenet_1k_folders(class_names: Sequence[str]) -> bool:
+    return (len(class_names) == 1000 and (class_names[0], class_names[-1]) == IMAGENET_FIRST_LAST_WNIDS
+            and all(WNID.fullmatch(name) for name in class_names))
+
+
+def label_names_for(num_classes: int, label_list: Optional[str] = None,
+                    class_names: Optional[Sequence[str]] = None) -> Optional[List[str]]:
+    """Names to show for each class id: from `label_list` ('id name' lines), else the training data's
+    `class_names` (a checkpoint's), else None; ImageNet's wnid folders, and 1000 classes without names,
+    show the repo's ImageNet names."""
+    if label_list is None and class_names is not None and not is_imagenet_1k_folders(class_names):
+        if len(class_names) != num_classes:
+            raise ValueError(f"the checkpoint's class_names has {len(class_names)} names, expected {num_classes} "
+                             f"(the model's num_classes): pass --label_list FILE")
+        return list(class_names)
     path = label_list or (IMAGENET_LABELS if num_classes == 1000 else None)
     if path is None:
         return None

@@ -84,15 +84,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         num_classes = export_cfg['num_classes']
         source = dict(model=export_cfg['model'], model_dir=args.model_dir, backend=args.backend,
                       precision=args.precision)
+        class_names, names_of = export_cfg.get('class_names'), f'the export {args.model_dir}'
     else:
         model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
         num_classes = model.num_classes
         data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size, crop_pct=args.crop_pct,
                                     crop_mode=args.crop_mode, interpolation=args.interpolation)
         source = dict(model=args.model, weights=args.resume or args.pretrained, use_ema=args.use_ema)
+        class_names, names_of = model.class_names, f"the checkpoint {source['weights']}"
     dataset = build_dataset(args.data_dir, 'val', build_transform(is_train=False, **data_cfg),
                             list_file=args.cls_label_path_val, num_classes=num_classes,
-                            bad_image_policy='error')  # a skipped image would change the score
+                            bad_image_policy='error',  # a skipped image would change the score
+                            class_names=class_names, names_of=names_of)
     loader = build_loader(dataset, args.batch_size, is_train=False, num_replicas=world_size, rank=rank,
                           num_workers=args.num_workers)
     stats = evaluate(model, loader, amp=AmpConfig(args.amp, args.amp_dtype))

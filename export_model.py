@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument('--batch_size', type=int, default=-1, help='fixed batch size of the graph; -1: any')
     out.add_argument('--with_softmax', action='store_true', help='put softmax in the graph (outputs probabilities)')
     out.add_argument('--label_list', metavar='FILE',
-                     help="'id name' lines stored in inference.yml (default: the repo's ImageNet list "
-                          "when num_classes is 1000)")
+                     help="'id name' lines stored in inference.yml (default: the class names stored in a "
+                          "train.py checkpoint, else the repo's ImageNet list when num_classes is 1000)")
     out.add_argument('--onnx', action='store_true', help='also write model.onnx with paddle2onnx')
     int8 = parser.add_argument_group('int8 (post-training quantisation of model.onnx)')
     int8.add_argument('--int8', action='store_true',
@@ -54,7 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError('--calib_images is read only with --int8')
     model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
     data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size)
-    label_names = label_names_for(model.num_classes, args.label_list)
+    label_names = label_names_for(model.num_classes, args.label_list, model.class_names)
     calib_batches = None
     if args.int8:  # one (1, 3, H, W) batch per image, preprocessed exactly as inference.yml says
         transform = build_transform(is_train=False, **data_cfg)
@@ -63,7 +63,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with portable_attention():  # matmul/softmax in the graph, whatever device traces it
         files = export_inference_model(rewrite_for_export(model), args.output, args.model, data_cfg,
                                        batch_size=args.batch_size, with_softmax=args.with_softmax,
-                                       label_names=label_names, onnx=args.onnx, calib_batches=calib_batches)
+                                       label_names=label_names, class_names=model.class_names, onnx=args.onnx,
+                                       calib_batches=calib_batches)
     print(json.dumps({'output': args.output, 'files': files, 'model': args.model,
                       'num_classes': model.num_classes, 'input_size': list(data_cfg['input_size'])}))
     return 0

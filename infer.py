@@ -11,7 +11,8 @@ import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 import argparse
 from typing import Optional, Sequence
 
-from cli import add_image_args, add_result_args, classify_images, find_images, run_main, script_parser, show_results
+from cli import (add_image_args, add_result_args, classify_images, find_images, label_names_for, run_main,
+                 script_parser, show_results)
 from datasets.transforms import build_transform, resolve_data_cfg
 from utils.config import add_bool
 from utils.deploy import BACKENDS, PRECISIONS, build_predictor, graph_to_probs, read_inference_cfg
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument('--model_file', metavar='FILE', help='graph file (default: DIR/inference.json or .pdmodel)')
     io.add_argument('--params_file', metavar='FILE', help='parameters (default: next to the graph, .pdiparams)')
     add_image_args(io)
+    io.add_argument('--label_list', metavar='FILE',
+                    help="'id name' lines shown instead of the export's label_names (inference.yml)")
     io.add_argument('--batch_size', type=int, default=1, help='images per predictor run')
     add_result_args(io)
     prep = parser.add_argument_group('preprocessing overrides (default: inference.yml)')
@@ -64,12 +67,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data_cfg = resolve_data_cfg(cfg['preprocess'], crop_pct=args.crop_pct, crop_mode=args.crop_mode,
                                 interpolation=args.interpolation)
     transform = build_transform(is_train=False, **data_cfg)
+    label_names = label_names_for(cfg['num_classes'], args.label_list) if args.label_list else cfg.get('label_names')
     run = build_predictor(args.model_dir, cfg, backend=args.backend, model_file=args.model_file,
                           params_file=args.params_file, max_batch_size=args.batch_size, use_gpu=args.use_gpu,
                           enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads, precision=args.precision,
                           use_tensorrt=args.use_tensorrt, ir_optim=args.ir_optim)
     classified = classify_images(files, transform, run, to_probs=lambda output: graph_to_probs(output, cfg),
-                                 batch_size=args.batch_size, topk=args.topk, label_names=cfg.get('label_names'),
+                                 batch_size=args.batch_size, topk=args.topk, label_names=label_names,
                                  strict=args.strict, warmup_runs=WARMUP_RUNS if args.benchmark else 0)
     notes = ([_benchmark_line(classified.stage_seconds, len(classified.results), args.batch_size)]
              if args.benchmark else [])

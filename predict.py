@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     inputs = parser.add_argument_group('inputs and outputs')
     add_image_args(inputs)
     inputs.add_argument('--label_list', metavar='FILE',
-                        help="'id name' lines (default: the repo's ImageNet list when num_classes is 1000)")
+                        help="'id name' lines (default: the class names stored in a train.py checkpoint, else the "
+                             "repo's ImageNet list when num_classes is 1000)")
     inputs.add_argument('--batch_size', type=int, default=8, help='images per forward pass')
     add_result_args(inputs)
     add_weight_args(parser)
@@ -47,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_amp(args.amp)
     files = find_images(args.images)
     model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
-    label_names = label_names_for(model.num_classes, args.label_list)
+    label_names = label_names_for(model.num_classes, args.label_list, model.class_names)
     transform = build_transform(is_train=False, **resolve_data_cfg(model.default_cfg))
     classified = classify_images(files, transform, lambda batch: predict_probs(model, batch, args.amp),
                                  batch_size=args.batch_size, topk=args.topk, label_names=label_names,

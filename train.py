@@ -16,7 +16,7 @@ from typing import Tuple
 import paddle
 
 from cli import run_main
-from datasets.imagenet import build_dataset
+from datasets.imagenet import build_dataset, check_class_names
 from datasets.loader import build_loader
 from datasets.mixup import Mixup
 from datasets.transforms import build_transform, resolve_data_cfg
@@ -48,7 +48,8 @@ def run_dir_of(args) -> str:
 
 
 def build_data(args, model_cfg, train_set, rank: int, world_size: int):
-    """Train and val loaders; the eval transform is the model's registered eval protocol."""
+    """Train and val loaders; the eval transform is the model's registered eval protocol. Val class folders
+    must have the train split's names (labels are folder positions)."""
     data_cfg = resolve_data_cfg(model_cfg, input_size=args.input_size, interpolation=args.interpolation,
                                 crop_pct=args.crop_pct)
     train_set.transform = build_transform(True, **data_cfg, aa=args.aa, reprob=args.reprob, remode=args.remode,
@@ -57,7 +58,8 @@ def build_data(args, model_cfg, train_set, rank: int, world_size: int):
                                           ratio=tuple(args.ratio))
     val_set = build_dataset(args.data_dir, 'val', build_transform(False, **data_cfg),
                             list_file=args.cls_label_path_val, num_classes=args.num_classes,
-                            bad_image_policy=args.bad_image_policy)
+                            bad_image_policy=args.bad_image_policy, class_names=train_set.classes,
+                            names_of='the train split')
     common = dict(num_replicas=world_size, rank=rank, seed=args.seed, num_workers=args.num_workers,
                   use_shared_memory=args.use_shared_memory)
     train_loader = build_loader(train_set, args.batch_size, is_train=True, repeated_aug=args.repeated_aug,
@@ -201,6 +203,11 @@ def main(argv=None) -> int:
     ckpts = CheckpointManager(run_dir, keep=args.keep_checkpoints)
     identity = run_identity(args, data_cfg)
     resume_path, ckpt = agreed_checkpoint_to_resume(args, ckpts, identity)  # before rank 0 locks or writes
+    if ckpt is not None and ckpt.get('class_names') is not None and train_set.classes is not None:
+        # the same number of classes loads, but a renamed or replaced folder would take another's label
+        check_class_names(train_set.root, train_set.classes, ckpt['class_names'], f'the checkpoint {resume_path}',
+                          fix=f'its labels would go to other classes; restore the folder names, or start a new run '
+                              f'from its weights with --finetune {resume_path} --experiment NAME')
     with contextlib.ExitStack() as run:
         for loader in (train_loader, val_loader):  # persistent workers end with the run, whatever ends it
             run.callback(loader.shutdown_workers)
@@ -223,7 +230,8 @@ def main(argv=None) -> int:
         model, optimizer, scheduler, amp, scaler = build_optimization(args, model, train_loader)
         model_ema = ModelEma(model, args.model_ema_decay) if args.model_ema else None
         checkpoint = TrainingCheckpoint(ckpts, model=model, optimizer=optimizer, scaler=scaler, model_ema=model_ema,
-                                        args={**vars(args), 'world_size': world_size}, identity=identity)
+                                        args={**vars(args), 'world_size': world_size}, identity=identity,
+                                        class_names=train_set.classes)
         state = TrainState()
         if resume_path:
             position, how = resumed_position(ckpt, checkpoint.load_state_dict(ckpt, resume_path), args, world_size)

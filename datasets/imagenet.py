@@ -49,10 +49,12 @@ class ImageDataset(paddle.io.Dataset):
     """Image paths (relative to `root`) with integer labels; `dataset[i]` is (image, label).
 
     `num_classes` is the largest label + 1 (subclasses know better: folder count, given value).
+    `classes` is the class names by label (folder names), or None when the data has none (list files).
 
     The image is `transform(PIL RGB image)` (a float32 CHW array for the project's transforms),
     or the HWC uint8 array when `transform` is None.
     """
+    classes: Optional[List[str]] = None
 
     def __init__(self, root: str, rel_paths: Sequence[str], labels: Sequence[int],
                  transform: Optional[Callable] = None, bad_image_policy: str = 'skip'):
@@ -129,14 +131,21 @@ class ImageDataset(paddle.io.Dataset):
 
 class ImageFolderDataset(ImageDataset):
     """`root/split/<class>/**/<image>`; labels are indices of the sorted class-folder names
-    (for ImageNet: sorted wnids, the official label order)."""
+    (for ImageNet: sorted wnids, the official label order).
+
+    With `class_names` (the names a model was trained on, from `names_of`), the folders must carry
+    exactly those names: labels are positions, so a renamed folder would silently shift them.
+    """
 
     def __init__(self, root: str, split: str, transform: Optional[Callable] = None,
-                 num_classes: Optional[int] = None, bad_image_policy: str = 'skip'):
+                 num_classes: Optional[int] = None, bad_image_policy: str = 'skip',
+                 class_names: Optional[Sequence[str]] = None, names_of: str = 'the training data'):
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
             raise FileNotFoundError(f'{split_dir}: split folder not found (expected {root}/{split}/<class>/<images>)')
         self.classes = _class_folders(split_dir)
+        if class_names is not None:
+            check_class_names(split_dir, self.classes, class_names, names_of)
         if num_classes is not None and len(self.classes) != num_classes:
             raise ValueError(f'{split_dir}: found {len(self.classes)} class folders, expected {num_classes} '
                              f'(num_classes); labels are sorted-folder indices, so every split needs every class')
@@ -146,6 +155,25 @@ class ImageFolderDataset(ImageDataset):
             labels += [label] * len(files)
         super().__init__(split_dir, rel_paths, labels, transform, bad_image_policy)
         self.num_classes = len(self.classes)
+
+
+def check_class_names(split_dir: str, found: Sequence[str], expected: Sequence[str], names_of: str,
+                      fix: Optional[str] = None) -> None:
+    """Refuse class folders whose names differ from `expected`, naming the first differing folder; `fix`
+    says what to do (default: a val split's remedies)."""
+    if list(found) == list(expected):
+        return
+    shown = ', '.join(expected[:10]) + (f', ... ({len(expected)} classes)' if len(expected) > 10 else '')
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise ValueError(f'{os.path.join(split_dir, extra[0])} is not a class of {names_of} (it has {shown}): '
+                         f'{fix or "rename it or pass --cls_label_path_val FILE"}')
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise ValueError(f'{split_dir}: no folder for class {missing[0]} of {names_of} (it has {shown}): '
+                         f'{fix or "every split needs every class; add it or pass --cls_label_path_val FILE"}')
+    raise ValueError(f'{split_dir}: the class folders sort in another order than the classes of {names_of} '
+                     f'({shown}), so labels would differ: {fix or "pass --cls_label_path_val FILE"}')
 
 
 def _class_folders(split_dir: str) -> List[str]:
@@ -202,8 +230,12 @@ class ImageListDataset(ImageDataset):
 
 
 def parse_list_file(list_file: str, num_classes: Optional[int] = None) -> Tuple[List[str], List[int]]:
-    """(paths, labels) from a `path label` list file; bad lines raise naming `file:line`."""
-    rel_paths, labels = [], []
+    """(paths, labels) from a `path label` list file; bad lines raise naming `file:line`.
+
+    Without `num_classes` the class count is the largest label + 1, so labels that skip ids (a typo: 7
+    among 0-2) are refused at the first line holding a label past the gap: they would add empty classes.
+    """
+    rel_paths, labels, first_line = [], [], {}
     with open(list_file, encoding='utf-8') as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -218,6 +250,13 @@ def parse_list_file(list_file: str, num_classes: Optional[int] = None) -> Tuple[
                 raise ValueError(f'{list_file}:{lineno}: label {label} outside {bound} (num_classes)')
             rel_paths.append(parts[0])
             labels.append(label)
+            first_line.setdefault(label, lineno)
+    if num_classes is None and first_line and len(first_line) != max(first_line) + 1:
+        gap = min(set(range(max(first_line) + 1)) - set(first_line))
+        odd = min(label for label in first_line if label > gap)
+        raise ValueError(f'{list_file}:{first_line[odd]}: label {odd}, but no line has label {gap}: labels must be '
+                         f'0..N-1 without gaps; fix the label, or pass --num_classes {max(first_line) + 1} if the '
+                         f'missing ids are meant to be classes without images')
     return rel_paths, labels
 
 
@@ -237,15 +276,18 @@ def _check_files_exist(root: str, rel_paths: Sequence[str], list_file: str) -> N
 
 def build_dataset(data_dir: str, split: str, transform: Optional[Callable] = None,
                   list_file: Optional[str] = None, num_classes: Optional[int] = None,
-                  bad_image_policy: str = 'skip') -> ImageDataset:
+                  bad_image_policy: str = 'skip', class_names: Optional[Sequence[str]] = None,
+                  names_of: str = 'the training data') -> ImageDataset:
     """`data_dir/split` class folders, or `list_file` entries (relative to `data_dir`) when given.
 
-    A relative `list_file` that does not exist as given is looked up in `data_dir`.
+    A relative `list_file` that does not exist as given is looked up in `data_dir`. Class folders must
+    be named `class_names` when given (see ImageFolderDataset); a list file has no names to compare.
     """
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f'{data_dir}: data directory not found')
     if list_file is None:
-        dataset = ImageFolderDataset(data_dir, split, transform, num_classes, bad_image_policy)
+        dataset = ImageFolderDataset(data_dir, split, transform, num_classes, bad_image_policy, class_names,
+                                     names_of)
         source = dataset.root
     else:
         source = _resolve_list_file(data_dir, list_file)

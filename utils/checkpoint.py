@@ -279,13 +279,16 @@ class TrainingCheckpoint:
     `state_dict(position)` and `load_state_dict(ckpt)` mirror each other: model (the fp32 master
     weights under O2), optimizer state by parameter name, loss scaler, EMA, position in the run
     (epoch, step_in_epoch, global_step), best metrics, the run's settings (`args`, which eval,
-    predict and export read back) and its identity (IDENTITY_KEYS, which auto-resume compares).
+    predict and export read back), its identity (IDENTITY_KEYS, which auto-resume compares) and the
+    training data's class names by label id (`class_names`, None when the data has none).
     `end_epoch` writes latest, best, best-EMA and numbered files.
     """
 
     def __init__(self, manager: CheckpointManager, *, model, optimizer, scaler=None, model_ema=None,
-                 args: Optional[Dict[str, Any]] = None, identity: Optional[Dict[str, Any]] = None):
+                 args: Optional[Dict[str, Any]] = None, identity: Optional[Dict[str, Any]] = None,
+                 class_names: Optional[List[str]] = None):
         self.manager = manager
+        self.class_names = list(class_names) if class_names is not None else None
         self.model, self.optimizer, self.scaler, self.model_ema = model, optimizer, scaler, model_ema
         self.args, self.identity = dict(args or {}), dict(identity or {})
         self.best = {'acc1': 0.0, 'ema_acc1': 0.0}
@@ -297,7 +300,8 @@ class TrainingCheckpoint:
                 'optimizer': optimizer_state_by_name(self.optimizer, model),
                 'scaler': self.scaler.state_dict() if self.scaler is not None else {},
                 'model_ema': self.model_ema.state_dict() if self.model_ema is not None else None,
-                **position, 'best': dict(self.best), 'args': self.args, 'identity': self.identity}
+                **position, 'best': dict(self.best), 'args': self.args, 'identity': self.identity,
+                'class_names': self.class_names}
 
     def load_state_dict(self, ckpt: Dict[str, Any], path: str) -> Dict[str, int]:
         """Restore everything `state_dict` saved; returns the position."""

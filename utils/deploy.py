@@ -2,7 +2,8 @@
 with Paddle Inference or ONNX Runtime.
 
 Layout: inference.json (Paddle 3, PIR) or inference.pdmodel (Paddle 2.x), inference.pdiparams,
-inference.yml (model name, num_classes, with_softmax, resolved eval preprocessing, label names)
+inference.yml (model name, num_classes, with_softmax, resolved eval preprocessing, label names to show,
+the training data's class names)
 and, with ONNX, model.onnx. infer.py needs nothing outside the folder.
 """
 import os
@@ -73,11 +74,14 @@ def _plain(value):
 
 def export_inference_model(model, output_dir: str, model_name: str, data_cfg: dict, *, batch_size: int = -1,
                            with_softmax: bool = False, label_names: Optional[Sequence[str]] = None,
-                           onnx: bool = False, calib_batches: Optional[Sequence[np.ndarray]] = None) -> List[str]:
+                           class_names: Optional[Sequence[str]] = None, onnx: bool = False,
+                           calib_batches: Optional[Sequence[np.ndarray]] = None) -> List[str]:
     """Export `model` for deployment into `output_dir`; returns the written file names. `model` is traced
     as given: pass `models.export_rewrites.rewrite_for_export(model)` for the deployed form.
 
     With `calib_batches` (needs `onnx`), the int8 copies of utils/quantize.py are written too.
+    `label_names` are what infer.py shows; `class_names` (the training data's, e.g. its folder names)
+    are what eval.py --model_dir checks the val folders against.
 
     The folder is built under a temporary name next to `output_dir` and renamed into place, so a
     failed export never leaves a half-written folder, and a previous export is replaced whole.
@@ -97,6 +101,7 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
                    batch_size=int(batch_size),
                    preprocess={k: _plain(data_cfg[k]) for k in PREPROCESS_KEYS},
                    label_names=list(label_names) if label_names else None,
+                   class_names=list(class_names) if class_names else None,
                    int8_calibration_images=len(calib_batches) if calib_batches else None)
         with open(os.path.join(staging, CFG_FILE), 'w', encoding='utf-8') as f:
             yaml.safe_dump(cfg, f, sort_keys=False, allow_unicode=True)
@@ -205,9 +210,10 @@ def read_inference_cfg(model_dir: str) -> dict:
     missing = [k for k in PREPROCESS_KEYS if k not in (cfg['preprocess'] or {})]
     if missing:
         raise KeyError(f"{path}: missing key 'preprocess.{missing[0]}'")
-    labels = cfg.get('label_names')
-    if labels is not None and len(labels) != cfg['num_classes']:
-        raise ValueError(f"{path}: {len(labels)} label_names, expected num_classes = {cfg['num_classes']}")
+    for key in ('label_names', 'class_names'):
+        names = cfg.get(key)
+        if names is not None and len(names) != cfg['num_classes']:
+            raise ValueError(f"{path}: {len(names)} {key}, expected num_classes = {cfg['num_classes']}")
     return cfg
 
 

