@@ -14,9 +14,12 @@ import pytest
 
 from engine import TrainState, train_one_epoch
 from models import create_model
+from datasets.mixup import Mixup
 from tests.gpu_semantics import FAULTS_ENV, FaultyCriterion, _skip_updates, live_grad_scaler, make_o2_like
 from utils.amp import AmpConfig, decorate_o2
+from tests.host_traffic import count_host_traffic
 from utils.checkpoint import CheckpointManager, TrainingCheckpoint, load_training_state, save_checkpoint
+from utils.ema import ModelEma
 from utils.optim import build_optimizer
 from utils.scheduler import CosineScheduler
 
@@ -257,3 +260,38 @@ def test_train_resumes_an_o2_run_at_o1_and_says_so(digits, tmp_path):
     assert o1.returncode == 0, o1.stderr[-3000:]
     assert 'changed since the checkpoint: epochs 1 -> 2, amp_level O2 -> O1' in o1.stdout, o1.stdout[-3000:]
     assert load_training_state(str(tmp_path / 'run' / 'checkpoint-latest.pd'))['global_step'] == 20
+
+
+class _BatchesOnDevice(_FixedLoader):
+    """_FixedLoader with its batches made tensors once, as the loader hands them over already on the device."""
+
+    def __init__(self, num_batches: int):
+        super().__init__(num_batches)
+        self.on_device = list(super().__iter__())
+
+    def __iter__(self):
+        return iter(self.on_device)
+
+
+def _host_traffic_of_an_epoch(depth: int, updates: int):
+    """Host copies and syncs of `updates` updates of an MLP with `depth` hidden layers, EMA and CutMix on."""
+    paddle.seed(0)
+    model = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(3 * 32 * 32, 16),
+                                 *[paddle.nn.Linear(16, 16) for _ in range(depth)], paddle.nn.Linear(16, 3))
+    optimizer = build_optimizer(model, lr=1e-3)
+    loader, ema = _BatchesOnDevice(updates), ModelEma(model)
+
+    def soft_target_loss(output, target):
+        return -(target * paddle.nn.functional.log_softmax(output, -1)).sum(-1).mean()
+    with count_host_traffic() as traffic:
+        train_one_epoch(model, soft_target_loss, loader, optimizer, CosineScheduler(1e-3, 2), TrainState(),
+                        mixup=Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode='elem', num_classes=3),
+                        model_ema=ema, print_freq=1000)
+    return traffic
+
+
+def test_an_update_copies_and_syncs_a_few_scalars_however_many_parameters():
+    """Per update (one rank): the CutMix draws go to the device, the loss comes back once (`_agree`)."""
+    small, large = _host_traffic_of_an_epoch(depth=1, updates=4), _host_traffic_of_an_epoch(depth=20, updates=4)
+    assert (small.copies, small.syncs) == (large.copies, large.syncs)
+    assert len(small.copies) <= 4 * 1 and len(small.syncs) <= 4 * 1, (small.copies, small.syncs)
