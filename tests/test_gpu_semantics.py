@@ -273,8 +273,9 @@ class _BatchesOnDevice(_FixedLoader):
         return iter(self.on_device)
 
 
-def _host_traffic_of_an_epoch(depth: int, updates: int):
-    """Host copies and syncs of `updates` updates of an MLP with `depth` hidden layers, EMA and CutMix on."""
+def _host_traffic_of_an_epoch(depth: int, updates: int, scaler=None):
+    """Host copies and syncs of `updates` updates of an MLP with `depth` hidden layers, EMA and CutMix on
+    (and fp16 loss scaling with `scaler`)."""
     paddle.seed(0)
     model = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(3 * 32 * 32, 16),
                                  *[paddle.nn.Linear(16, 16) for _ in range(depth)], paddle.nn.Linear(16, 3))
@@ -286,12 +287,15 @@ def _host_traffic_of_an_epoch(depth: int, updates: int):
     with count_host_traffic() as traffic:
         train_one_epoch(model, soft_target_loss, loader, optimizer, CosineScheduler(1e-3, 2), TrainState(),
                         mixup=Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode='elem', num_classes=3),
-                        model_ema=ema, print_freq=1000)
+                        model_ema=ema, print_freq=1000, scaler=scaler, amp=AmpConfig(scaler is not None))
     return traffic
 
 
-def test_an_update_copies_and_syncs_a_few_scalars_however_many_parameters():
-    """Per update (one rank): the CutMix draws go to the device, the loss comes back once (`_agree`)."""
-    small, large = _host_traffic_of_an_epoch(depth=1, updates=4), _host_traffic_of_an_epoch(depth=20, updates=4)
+@pytest.mark.parametrize('fp16', [False, True])
+def test_an_update_copies_and_syncs_a_few_scalars_however_many_parameters(fp16):
+    """Per update (one rank): the CutMix draws go to the device, the loss comes back once (`_agree`), and
+    with fp16 loss scaling the overflow flag once."""
+    small, large = (_host_traffic_of_an_epoch(depth, 4, live_grad_scaler() if fp16 else None) for depth in (1, 20))
     assert (small.copies, small.syncs) == (large.copies, large.syncs)
-    assert len(small.copies) <= 4 * 1 and len(small.syncs) <= 4 * 1, (small.copies, small.syncs)
+    assert small.copies == ['to_tensor'] * 4
+    assert sorted(small.syncs) == sorted(['__float__'] * 4 + ['__bool__'] * 4 * fp16), small.syncs

@@ -70,10 +70,15 @@ class GradScaler(paddle.amp.GradScaler):
     def step_and_update(self, optimizer) -> bool:
         """Unscale, step unless a gradient is inf/NaN, adapt the scale; True if the update was applied.
 
-        Gradients are all-reduced before this, so every rank sees the same overflow and decides alike.
+        Gradients are all-reduced before this, so every rank sees the same overflow and decides alike. The
+        overflow flag crosses to the host once per update.
         """
         self.step(optimizer)
-        applied = not (self._enable and bool(self._found_inf))  # read before update() resets the state
+        # Paddle's optimizer step has read the overflow flag to the host already (it skips the update on
+        # it) and left that bool in the cache; a tensor there (other Paddle versions) is read here, once.
+        found_inf = getattr(self, '_cache_found_inf', getattr(self, '_cache_founf_inf', None))
+        applied = not (self._enable and bool(self._found_inf if found_inf is None else found_inf))
+        self._cache_found_inf = not applied  # `_update` then needs no read of its own
         self.update()
         return applied
 
