@@ -32,7 +32,7 @@ def count_host_traffic():
     depth = [0]  # a maker or read called from inside another is counted once (to_tensor calls assign, ...)
 
     def patch(owner, name, wrapper_of):
-        if name in vars(owner) or hasattr(owner, name):
+        if hasattr(owner, name):
             saved.append((owner, name, getattr(owner, name)))
             setattr(owner, name, wrapper_of(getattr(owner, name), name))
 
@@ -41,7 +41,7 @@ def count_host_traffic():
             data = args[0] if args else kwargs.get('data', kwargs.get('x', kwargs.get('fill_value')))
             if depth[0] == 0 and not (name == 'assign' and isinstance(data, paddle.Tensor)):
                 traffic.copies.append(name)
-                traffic.copied_bytes += np.asarray(data).nbytes if name != 'full' else 8
+                traffic.copied_bytes += np.asarray(data).nbytes if name != 'full' else 8  # full: one scalar
             depth[0] += 1
             try:
                 return real(*args, **kwargs)

@@ -68,10 +68,12 @@ def optimizer_state_by_name(optimizer: paddle.optimizer.Optimizer, model) -> Dic
 
 
 def _wants_master(optimizer: paddle.optimizer.Optimizer, param) -> bool:
-    """Whether `optimizer` keeps an fp32 master weight for `param` (AMP O2): Paddle's own rule."""
-    low_precision = getattr(optimizer, '_is_dtype_fp16_or_bf16',  # Paddle < 2.5 names no such method
+    """Whether `optimizer` keeps an fp32 master weight for `param` (AMP O2): Paddle's own rule, for the
+    parameters it updates (not BatchNorm statistics, which Paddle also calls parameters)."""
+    low_precision = getattr(optimizer, '_is_dtype_fp16_or_bf16',  # the same rule where a version lacks it
                             lambda dtype: dtype in (paddle.float16, paddle.bfloat16))
-    return bool(getattr(optimizer, '_multi_precision', False)) and low_precision(param.dtype)
+    return (bool(getattr(optimizer, '_multi_precision', False)) and not param.stop_gradient
+            and low_precision(param.dtype))
 
 
 def convert_master_layout(state: Dict[str, Any], with_master, weights: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -85,7 +87,7 @@ def convert_master_layout(state: Dict[str, Any], with_master, weights: Optional[
     under O2, the parameter's otherwise). Parameters whose layout already fits are left as they are.
     """
     masters = dict(state.get('master_weights', {}))
-    stored_suffix = dict(key.split(_SEP, 1) if _SEP in key else (key, 'fp32_master_0') for key in masters)
+    stored_suffix = dict(key.split(_SEP, 1) if _SEP in key else (key, _MASTER) for key in masters)
     out: Dict[str, Any] = {}
     for key, value in state.items():
         if key == 'master_weights' or _SEP not in key:
