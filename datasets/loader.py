@@ -9,6 +9,7 @@ import paddle
 from paddle.io import DataLoader
 from paddle.tensor.random import gaussian  # the one random op with a per-call seed (0 = global generator)
 
+from utils.env import limit_worker_threads
 from utils.preemption import ignore_stop_signals
 
 from .random_erasing import RandomErasing
@@ -139,6 +140,11 @@ def _uint8_transfer(dataset) -> Tuple[object, Optional[NormalizeOnDevice]]:
     return host_dataset, NormalizeOnDevice(normalize, erasing)
 
 
+def _init_worker(worker_id: int) -> None:
+    limit_worker_threads()  # workers run side by side: one math thread each (utils.env)
+    ignore_stop_signals(worker_id)
+
+
 def build_loader(dataset, batch_size: int, *, is_train: bool, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  num_workers: int = 4, use_shared_memory: bool = True, repeated_aug: bool = False,
                  drop_last: Optional[bool] = None, update_freq: int = 1, persistent_workers: bool = True,
@@ -185,6 +191,6 @@ def build_loader(dataset, batch_size: int, *, is_train: bool, num_replicas: int 
     loader = InlineReadDataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_numpy,
                                   num_workers=num_workers, use_shared_memory=use_shared_memory,
                                   persistent_workers=persistent_workers and num_workers > 0,
-                                  worker_init_fn=ignore_stop_signals)
+                                  worker_init_fn=_init_worker)
     loader.device_stage = device_stage
     return loader

@@ -48,6 +48,17 @@ def rand_bbox_minmax(rng: np.random.RandomState, img_hw: Tuple[int, int], minmax
     return yl, yl + cut_h, xl, xl + cut_w
 
 
+def box_mask(boxes: paddle.Tensor, img_hw) -> paddle.Tensor:
+    """(B, 1, H, W) bool, True inside each row's box [yl, yh) x [xl, xh) of `boxes` (B, 4) float32.
+
+    Made on the boxes' device from two aranges, so only the B x 4 corners cross from the host.
+    """
+    rows = paddle.arange(img_hw[0], dtype='float32').reshape([1, 1, -1, 1])
+    cols = paddle.arange(img_hw[1], dtype='float32').reshape([1, 1, 1, -1])
+    yl, yh, xl, xh = paddle.unbind(boxes.reshape([-1, 4, 1, 1, 1]), axis=1)
+    return (rows >= yl) & (rows < yh) & (cols >= xl) & (cols < xh)
+
+
 class Mixup:
     """Mix a batch (B, C, H, W) with its reverse and return (mixed images, soft targets (B, num_classes)).
 
@@ -143,27 +154,19 @@ class Mixup:
             return x, 1.0
         if not use_cutmix:
             return paddle.lerp(partner, x, lam), lam  # lam * x + (1 - lam) * partner
-        img_hw = tuple(x.shape[-2:])
-        (yl, yh, xl, xh), lam = self._cutmix_box(img_hw, lam)
-        in_box = np.zeros((1, 1) + img_hw, dtype=bool)
-        in_box[..., yl:yh, xl:xh] = True
-        return paddle.where(paddle.to_tensor(in_box, place=x.place), partner, x), float(lam)
+        box, lam = self._cutmix_box(tuple(x.shape[-2:]), lam)
+        in_box = box_mask(paddle.to_tensor(np.reshape(box, (1, 4)), dtype='float32', place=x.place), x.shape[-2:])
+        return paddle.where(in_box, partner, x), float(lam)
 
-    def _elem_weights(self, batch_size: int, img_hw):
-        """Per-sample weights (B, 1, H, W) and lam (B, 1); 'pair' mirrors one draw onto each partner."""
+    def _elem_draws(self, batch_size: int, img_hw) -> np.ndarray:
+        """Per-sample (B, 6) float32 rows [yl, yh, xl, xh, use_cutmix, lam]; 'pair' mirrors one draw onto
+        each partner. Float32 holds the box corners exactly (integers far below 2**24)."""
         n = batch_size // 2 if self.mode == 'pair' else batch_size
         lam, use_cutmix = self._params_per_elem(n)
         boxes, cut_lam = self._cutmix_box(img_hw, lam, count=n)
         lam = np.where(use_cutmix, cut_lam, lam).astype(np.float32)
-        if self.mode == 'pair':
-            lam, use_cutmix = np.concatenate([lam, lam[::-1]]), np.concatenate([use_cutmix, use_cutmix[::-1]])
-            boxes = [np.concatenate([b, b[::-1]]) for b in boxes]
-        rows = np.arange(img_hw[0])[None, :, None]
-        cols = np.arange(img_hw[1])[None, None, :]
-        yl, yh, xl, xh = (b[:, None, None] for b in boxes)
-        in_box = (rows >= yl) & (rows < yh) & (cols >= xl) & (cols < xh)  # (B, H, W)
-        weights = np.where(use_cutmix[:, None, None], np.where(in_box, 0.0, 1.0), lam[:, None, None])
-        return weights[:, None].astype(np.float32), lam[:, None]
+        draws = np.stack([*boxes, use_cutmix, lam], axis=1).astype(np.float32)
+        return np.concatenate([draws, draws[::-1]]) if self.mode == 'pair' else draws
 
     def __call__(self, x: paddle.Tensor, target: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
         """x (B, C, H, W) float, target (B,) int -> (mixed x, soft target (B, num_classes) float32)."""
@@ -175,9 +178,11 @@ class Mixup:
         if self.mode == 'batch':
             x, lam = self._mix_batch(x, partner)
         else:
-            weights, lam = self._elem_weights(batch_size, img_hw)
-            lam = paddle.to_tensor(lam)
+            # One small host-to-device copy of the draws; the (B, 1, H, W) weights are made on the device.
+            draws = paddle.to_tensor(self._elem_draws(batch_size, img_hw), place=x.place)
+            use_cutmix, lam = draws[:, 4].astype('bool').reshape([-1, 1, 1, 1]), draws[:, 5:6]
+            keep = paddle.logical_not(box_mask(draws[:, :4], img_hw)).astype(x.dtype)
             # weight 1 keeps a pixel, 0 takes the partner's (cutmix), lam blends (mixup): one formula.
-            w = paddle.to_tensor(weights, dtype=x.dtype, place=x.place)
+            w = paddle.where(use_cutmix, keep, lam.reshape([-1, 1, 1, 1]).astype(x.dtype))
             x = x * w + partner * (1.0 - w)
         return x, mixup_target(target, self.num_classes, lam, self.label_smoothing)

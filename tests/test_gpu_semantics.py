@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import paddle
@@ -13,9 +14,12 @@ import pytest
 
 from engine import TrainState, train_one_epoch
 from models import create_model
-from tests.gpu_semantics import FAULTS_ENV, FaultyCriterion, _skip_updates, live_grad_scaler
+from datasets.mixup import Mixup
+from tests.gpu_semantics import FAULTS_ENV, FaultyCriterion, _skip_updates, live_grad_scaler, make_o2_like
 from utils.amp import AmpConfig, decorate_o2
-from utils.checkpoint import load_training_state
+from tests.host_traffic import count_host_traffic
+from utils.checkpoint import CheckpointManager, TrainingCheckpoint, load_training_state, save_checkpoint
+from utils.ema import ModelEma
 from utils.optim import build_optimizer
 from utils.scheduler import CosineScheduler
 
@@ -181,3 +185,120 @@ def test_evaluation_runs_in_the_training_precision(digits, tmp_path, monkeypatch
                        '--amp', '--amp_dtype', 'bfloat16']) == 0
     assert len(seen) == 10 + 3  # 10 training steps and 3 evaluation batches
     assert set(seen) == {(True, 'bfloat16', 'O1')}
+
+
+def _amp_run(level: str, out: Path, resume: Optional[str] = None, updates: int = 3, scaler=None) -> str:
+    """`updates` AdamW updates of a small model at AMP `level` ('O1' or the O2-like harness), from `resume`
+    if given, data seeded by `resume` so runs from the same state see the same batches; returns the
+    checkpoint written at the end."""
+    paddle.seed(0)
+    model = paddle.nn.Sequential(paddle.nn.Linear(6, 8), paddle.nn.BatchNorm1D(8), paddle.nn.LayerNorm(8),
+                                 paddle.nn.Linear(8, 3))  # BN statistics: parameters that never train
+    optimizer = build_optimizer(model, lr=1e-2)
+    if level == 'O2':
+        make_o2_like(model, optimizer)
+    checkpoint = TrainingCheckpoint(CheckpointManager(str(out)), model=model, optimizer=optimizer, scaler=scaler)
+    position = {'epoch': 0, 'step_in_epoch': 0, 'global_step': 0}
+    if resume:
+        position = checkpoint.load_state_dict(load_training_state(resume), resume)
+    rng = np.random.default_rng(position['global_step'])
+    for _ in range(updates):
+        model(paddle.to_tensor(rng.standard_normal([4, 6]).astype('float32'))).square().mean().backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        position['global_step'] += 1
+    return checkpoint.save_latest(position)
+
+
+def _as_saved_at(ckpt: dict, level: str) -> dict:
+    """The checkpoint as a run at `level` keeps the same state: moments by the master's name and masters
+    equal to the fp32 weights under O2, by the parameter's name and no masters under O1."""
+    optimizer = {k: v for k, v in ckpt['optimizer'].items() if k != 'master_weights'}
+    optimizer = {k.replace('@fp32_master_0_', '@'): v for k, v in optimizer.items()}
+    if level == 'O2':
+        optimizer = {k.replace('@', '@fp32_master_0_'): v for k, v in optimizer.items()}
+        optimizer['master_weights'] = {f'{name}@fp32_master_0': ckpt['model'][name] for name in ckpt['model']
+                                       if not name.endswith(('_mean', '_variance'))}
+    return {**ckpt, 'optimizer': optimizer}
+
+
+@pytest.mark.parametrize('saved, resumed', [('O1', 'O2'), ('O2', 'O1')])
+def test_resume_at_the_other_amp_level_trains_on_as_that_level_would_from_the_state(tmp_path, saved, resumed):
+    path = _amp_run(saved, tmp_path / 'saved')
+    converted = load_training_state(_amp_run(resumed, tmp_path / 'converted', resume=path))
+    # The reference: the same weights, moments and masters written as a run at the new level writes them
+    # (its keys are those of a real checkpoint of that level), resumed at that level.
+    by_hand = _as_saved_at(load_training_state(path), resumed)
+    native = load_training_state(_amp_run(resumed, tmp_path / 'native'))
+    assert by_hand['optimizer'].keys() == native['optimizer'].keys()
+    assert by_hand['optimizer'].get('master_weights', {}).keys() == native['optimizer'].get('master_weights', {}).keys()
+    save_checkpoint(by_hand, str(tmp_path / 'by_hand.pd'))
+    reference = load_training_state(_amp_run(resumed, tmp_path / 'reference', resume=str(tmp_path / 'by_hand.pd')))
+    assert converted['global_step'] == reference['global_step'] == 6
+    for name, value in reference['model'].items():
+        np.testing.assert_array_equal(converted['model'][name], value, err_msg=name)
+    masters = native['optimizer'].get('master_weights', {}).keys()  # as a run at this level has them
+    assert converted['optimizer'].pop('master_weights', {}).keys() == masters
+    assert reference['optimizer'].pop('master_weights', {}).keys() == masters
+    for name, value in reference['optimizer'].items():
+        np.testing.assert_array_equal(converted['optimizer'][name], value, err_msg=name)
+
+
+def test_resume_with_fp16_loss_scaling_after_bf16_starts_a_fresh_scale(tmp_path, caplog):
+    bf16 = _amp_run('O2', tmp_path / 'bf16')  # bf16 has no loss scaler: the checkpoint holds none
+    scaler = live_grad_scaler(init_loss_scaling=2.0 ** 10)
+    with caplog.at_level('INFO', logger='cvt'):
+        fp16 = _amp_run('O2', tmp_path / 'fp16', resume=bf16, scaler=scaler)
+    assert scaler.loss_scale() == 2.0 ** 10
+    assert 'no loss scale' in caplog.text and '1024' in caplog.text
+    _amp_run('O1', tmp_path / 'bf16-again', resume=fp16)  # and back: the fp16 scale is not needed
+
+
+@pytest.mark.slow
+def test_train_resumes_an_o2_run_at_o1_and_says_so(digits, tmp_path):
+    flags = [str(digits), '--output', str(tmp_path), *PLAIN, '--batch_size', '32', '--amp', '--amp_dtype', 'bfloat16']
+    o2 = _run(tmp_path, 'run', {'o2_like': True}, [*flags, '--amp_level', 'O2'])
+    assert o2.returncode == 0, o2.stderr[-3000:]
+    o1 = _run(tmp_path, 'run', {}, [*flags, '--amp_level', 'O1', '--epochs', '2'])
+    assert o1.returncode == 0, o1.stderr[-3000:]
+    assert 'changed since the checkpoint: epochs 1 -> 2, amp_level O2 -> O1' in o1.stdout, o1.stdout[-3000:]
+    assert load_training_state(str(tmp_path / 'run' / 'checkpoint-latest.pd'))['global_step'] == 20
+
+
+class _BatchesOnDevice(_FixedLoader):
+    """_FixedLoader with its batches made tensors once, as the loader hands them over already on the device."""
+
+    def __init__(self, num_batches: int):
+        super().__init__(num_batches)
+        self.on_device = list(super().__iter__())
+
+    def __iter__(self):
+        return iter(self.on_device)
+
+
+def _host_traffic_of_an_epoch(depth: int, updates: int, scaler=None):
+    """Host copies and syncs of `updates` updates of an MLP with `depth` hidden layers, EMA and CutMix on
+    (and fp16 loss scaling with `scaler`)."""
+    paddle.seed(0)
+    model = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(3 * 32 * 32, 16),
+                                 *[paddle.nn.Linear(16, 16) for _ in range(depth)], paddle.nn.Linear(16, 3))
+    optimizer = build_optimizer(model, lr=1e-3)
+    loader, ema = _BatchesOnDevice(updates), ModelEma(model)
+
+    def soft_target_loss(output, target):
+        return -(target * paddle.nn.functional.log_softmax(output, -1)).sum(-1).mean()
+    with count_host_traffic() as traffic:
+        train_one_epoch(model, soft_target_loss, loader, optimizer, CosineScheduler(1e-3, 2), TrainState(),
+                        mixup=Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode='elem', num_classes=3),
+                        model_ema=ema, print_freq=1000, scaler=scaler, amp=AmpConfig(scaler is not None))
+    return traffic
+
+
+@pytest.mark.parametrize('fp16', [False, True])
+def test_an_update_copies_and_syncs_a_few_scalars_however_many_parameters(fp16):
+    """Per update (one rank): the CutMix draws go to the device, the loss comes back once (`_agree`), and
+    with fp16 loss scaling the overflow flag once."""
+    small, large = (_host_traffic_of_an_epoch(depth, 4, live_grad_scaler() if fp16 else None) for depth in (1, 20))
+    assert (small.copies, small.syncs) == (large.copies, large.syncs)
+    assert small.copies == ['to_tensor'] * 4
+    assert sorted(small.syncs) == sorted(['__float__'] * 4 + ['__bool__'] * 4 * fp16), small.syncs

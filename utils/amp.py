@@ -46,11 +46,15 @@ class GradScaler(paddle.amp.GradScaler):
     update rule below is Paddle's own, unchanged.
     """
 
+    @property
+    def _found_inf_cache(self) -> str:
+        """The attribute where Paddle's `step` leaves whether it skipped (Paddle 2.6 spells it `_cache_founf_inf`)."""
+        return '_cache_found_inf' if hasattr(self, '_cache_found_inf') else '_cache_founf_inf'
+
     def _update(self):
         if not self._enable:
             return
-        # Paddle 2.6 spells the attribute `_cache_founf_inf`.
-        found_inf = getattr(self, '_cache_found_inf', getattr(self, '_cache_founf_inf', None))
+        found_inf = getattr(self, self._found_inf_cache, None)
         if found_inf:
             self._incr_count = 0
             self._decr_count += 1
@@ -70,10 +74,15 @@ class GradScaler(paddle.amp.GradScaler):
     def step_and_update(self, optimizer) -> bool:
         """Unscale, step unless a gradient is inf/NaN, adapt the scale; True if the update was applied.
 
-        Gradients are all-reduced before this, so every rank sees the same overflow and decides alike.
+        Gradients are all-reduced before this, so every rank sees the same overflow and decides alike. The
+        overflow flag crosses to the host once per update.
         """
         self.step(optimizer)
-        applied = not (self._enable and bool(self._found_inf))  # read before update() resets the state
+        # Paddle's optimizer step has read the overflow flag to the host already (it skips the update on
+        # it) and left that bool in the cache; a tensor there (other Paddle versions) is read here, once.
+        found_inf = getattr(self, self._found_inf_cache, None)
+        applied = not (self._enable and bool(self._found_inf if found_inf is None else found_inf))
+        setattr(self, self._found_inf_cache, not applied)  # `_update` then needs no read of its own
         self.update()
         return applied
 

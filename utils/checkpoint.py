@@ -28,6 +28,7 @@ BEST = 'checkpoint-best.pd'
 BEST_EMA = 'checkpoint-best-ema.pd'
 LOCK = 'train.lock'
 _SEP = '@'
+_MASTER = 'fp32_master_0'  # the suffix Paddle gives a parameter's first master weight
 
 
 def to_numpy(obj: Any) -> Any:
@@ -66,9 +67,59 @@ def optimizer_state_by_name(optimizer: paddle.optimizer.Optimizer, model) -> Dic
     return to_numpy(out)
 
 
-def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Dict[str, Any]) -> None:
-    """Inverse of `optimizer_state_by_name` for this model's current tensor names."""
+def _wants_master(optimizer: paddle.optimizer.Optimizer, param) -> bool:
+    """Whether `optimizer` keeps an fp32 master weight for `param` (AMP O2): Paddle's own rule, for the
+    parameters it updates (not BatchNorm statistics, which Paddle also calls parameters)."""
+    low_precision = getattr(optimizer, '_is_dtype_fp16_or_bf16',  # the same rule where a version lacks it
+                            lambda dtype: dtype in (paddle.float16, paddle.bfloat16))
+    return (bool(getattr(optimizer, '_multi_precision', False)) and not param.stop_gradient
+            and low_precision(param.dtype))
+
+
+def convert_master_layout(state: Dict[str, Any], with_master, weights: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """`state` (by structured name) rewritten so that exactly the parameters named in `with_master` have
+    fp32 master weights, the layout of the AMP level resuming it (O2: low-precision parameters have masters,
+    O1 and fp32: none).
+
+    Exact both ways, as the values do not change: a new master is the checkpoint's fp32 weight (which
+    under O2 is the master itself, see `utils.amp.fp32_state_dict`), a dropped master leaves that same
+    weight on the parameter, and every moment moves to the key Paddle looks it up by (the master's name
+    under O2, the parameter's otherwise). Parameters whose layout already fits are left as they are.
+    """
+    masters = dict(state.get('master_weights', {}))
+    stored_suffix = dict(key.split(_SEP, 1) if _SEP in key else (key, _MASTER) for key in masters)
+    out: Dict[str, Any] = {}
+    for key, value in state.items():
+        if key == 'master_weights' or _SEP not in key:
+            out[key] = value
+            continue
+        name, accumulator = key.split(_SEP, 1)
+        suffix = stored_suffix.get(name)
+        if suffix is not None and name not in with_master:
+            accumulator = accumulator[len(suffix) + 1:] if accumulator.startswith(suffix + '_') else accumulator
+        elif suffix is None and name in with_master:
+            accumulator = f'{_MASTER}_{accumulator}'
+        out[f'{name}{_SEP}{accumulator}'] = value
+    kept = {key: value for key, value in masters.items() if key.split(_SEP, 1)[0] in with_master}
+    added = sorted(set(with_master) - set(stored_suffix))
+    if added and weights is None:
+        raise ValueError(f"optimizer state has no fp32 master weight for '{added[0]}' and no weights to make one")
+    kept.update({f'{name}{_SEP}{_MASTER}': weights[name] for name in added})
+    if kept or 'master_weights' in state:
+        out['master_weights'] = kept
+    return out
+
+
+def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Dict[str, Any],
+                         weights: Optional[Dict[str, Any]] = None) -> None:
+    """Inverse of `optimizer_state_by_name` for this model's current tensor names.
+
+    A state saved under another AMP level is converted to this optimizer's master-weight layout first
+    (`convert_master_layout`); `weights` (the checkpoint's fp32 model weights) give masters a state lacks.
+    """
     by_structured = {n: t for t, n in _tensor_names(model).items()}
+    state = convert_master_layout(state, {n for n, p in unwrap_model(model).named_parameters()
+                                          if _wants_master(optimizer, p)}, weights)
 
     def tensor_name(structured: str) -> str:
         if structured not in by_structured:
@@ -80,7 +131,7 @@ def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Di
         if key == 'master_weights':
             restored[key] = {}
             for stored, array in value.items():
-                structured, suffix = stored.split(_SEP, 1) if _SEP in stored else (stored, 'fp32_master_0')
+                structured, suffix = stored.split(_SEP, 1) if _SEP in stored else (stored, _MASTER)
                 master = paddle.to_tensor(array, dtype='float32')
                 # The optimizer finds an O2 run's moments by the master weight's own name.
                 master.name = f'{tensor_name(structured)}_{suffix}'
@@ -268,9 +319,10 @@ def _epoch_of(path: str) -> int:
 
 # The settings that make a checkpoint another run's: auto-resume continues only a run that matches them.
 IDENTITY_KEYS = ('data_dir', 'cls_label_path_train', 'cls_label_path_val', 'model', 'num_classes', 'input_size')
-# The settings a resumed run takes from its flags, reported when they changed since the checkpoint.
+# The settings a resumed run takes from its flags, reported when they changed since the checkpoint. The
+# AMP settings are among them: `load_optimizer_state` converts the optimizer state exactly to the new level.
 SCHEDULE_KEYS = ('epochs', 'lr', 'warmup_epochs', 'warmup_lr', 'min_lr', 'sched_on_updates', 'batch_size',
-                 'update_freq', 'world_size')
+                 'update_freq', 'world_size', 'amp', 'amp_dtype', 'amp_level')
 
 
 class TrainingCheckpoint:
@@ -308,9 +360,12 @@ class TrainingCheckpoint:
         from .weights import load_weights
         model = unwrap_model(self.model)
         load_weights(model, path, key='model')  # checks every name and shape
-        load_optimizer_state(self.optimizer, model, ckpt['optimizer'])
+        load_optimizer_state(self.optimizer, model, ckpt['optimizer'], weights=ckpt['model'])
         if self.scaler is not None and ckpt.get('scaler'):
             self.scaler.load_state_dict(ckpt['scaler'])
+        elif self.scaler is not None:  # saved without fp16 loss scaling (bf16, fp32): as a new fp16 run starts
+            _logger.info('%s has no loss scale (trained without fp16 loss scaling); the scale starts at %g',
+                         path, self.scaler.loss_scale())
         if self.model_ema is not None and ckpt.get('model_ema') is not None:
             self.model_ema.set_state_dict({k: paddle.to_tensor(v) for k, v in ckpt['model_ema'].items()})
         self.best.update(ckpt.get('best', {}))

@@ -22,13 +22,16 @@ class ModelEma:
     """EMA copy of a model; evaluate `ema.module`, checkpoint `ema.state_dict()`.
 
     Build it from the bare model or a `paddle.DataParallel` wrapper (unwrapped here), after the weights
-    are loaded, and call `update(state_dict)` after every optimizer step.
+    are loaded, and call `update(state_dict)` after every optimizer step. `decay` is fixed at construction.
     """
 
     def __init__(self, model: nn.Layer, decay: float = 0.99996):
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f'ModelEma: decay must be in [0, 1], got {decay}')
         self.decay = decay
+        # lerp_ turns a Python float weight into a new host-to-device copy at every call (one per tensor per
+        # update); this tensor holds the same float32 value once, so updates copy nothing from the host.
+        self._weight = paddle.full([1], 1.0 - decay, dtype='float32')
         self.module = copy.deepcopy(unwrap_model(model))
         self.module.eval()
         # fp32 master copy: averaging in half precision would round away (1 - decay) * model
@@ -48,7 +51,7 @@ class ModelEma:
                 raise KeyError(f"ModelEma: model has no '{name}'; was the EMA built from a different model?")
             new = model_state[name].detach()
             if _is_float(ema_value):
-                ema_value.lerp_(new if new.dtype == paddle.float32 else new.astype('float32'), 1.0 - self.decay)
+                ema_value.lerp_(new if new.dtype == paddle.float32 else new.astype('float32'), self._weight)
             else:
                 ema_value.set_value(new)
 

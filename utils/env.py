@@ -1,7 +1,8 @@
 """Process set-up every script imports first (`import utils.env`), before anything loads paddle.
 
 Importing it:
-- sets the CPU runtime variables the math libraries read once, at load time (`configure_cpu_runtime`);
+- sets the CPU runtime variables the math libraries read once, at load time (`configure_cpu_runtime`):
+  threads per rank = CPUs / ranks on this machine; loader workers call `limit_worker_threads` (1 each);
 - loads Pillow's decoders before paddle: Paddle 2.6's libpaddle.so exports its own zlib symbols, and a
   Pillow loaded after it mixes the two zlibs, so every PNG then fails with "codec configuration error";
 - imports paddle with its OMP_NUM_THREADS warning dropped (the thread count is set here on purpose) and
@@ -71,20 +72,50 @@ def format_cpu_summary(cpu: dict) -> str:
             + (f"; not {', '.join(missing)}" if listed and missing else ''))
 
 
+# Set by `paddle.distributed.launch` in every rank: how many ranks run on this machine (--nproc_per_node).
+LOCAL_RANKS_ENV = 'PADDLE_LOCAL_SIZE'
+# Math threads of each DataLoader worker (default 1): workers run in parallel already, one per process.
+WORKER_THREADS_ENV = 'CVT_WORKER_THREADS'
+
+
+def threads_per_rank(cores: Optional[int] = None, environ=os.environ) -> int:
+    """This machine's CPUs (those this process may run on) shared by the ranks the launcher put on it."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    return max(1, cores // max(1, int(environ.get(LOCAL_RANKS_ENV) or 1)))
+
+
 def configure_cpu_runtime() -> None:
     """Fill in what the user left unset:
 
-    - OMP_NUM_THREADS: the CPU count; `import paddle` forces 1 when it is unset, which makes every CPU
-      op single-threaded.
+    - OMP_NUM_THREADS: the CPU count divided by the ranks on this machine (`threads_per_rank`), so 8
+      ranks of one node and their loader workers do not each start a thread per core; `import paddle`
+      forces 1 when it is unset, which makes every CPU op single-threaded.
     - MKL_DEBUG_CPU_TYPE=5 on AMD CPUs with AVX2: Paddle's MKL-ML then uses its AVX2 GEMMs instead of
       generic ones; measured on an AMD EPYC, 2 threads: CvT-13 training 1.43 -> 2.10 img/s, inference
       4.4 -> 6.7 img/s.
     """
     if not os.environ.get('OMP_NUM_THREADS'):
-        os.environ['OMP_NUM_THREADS'] = str(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-                                            else os.cpu_count() or 1)
+        os.environ['OMP_NUM_THREADS'] = str(threads_per_rank())
     if 'MKL_DEBUG_CPU_TYPE' not in os.environ and uses_mkl_generic_path(read_cpuinfo()):
         os.environ['MKL_DEBUG_CPU_TYPE'] = '5'
+
+
+def limit_worker_threads() -> int:
+    """In a DataLoader worker: math libraries already loaded (forked from the rank) and any loaded later
+    use $CVT_WORKER_THREADS threads (default 1); returns that count."""
+    threads = int(os.environ.get(WORKER_THREADS_ENV) or 1)
+    for name in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
+        os.environ[name] = str(threads)
+    core = getattr(getattr(sys.modules.get('paddle'), 'base', None), 'core', None)
+    if core is not None and hasattr(core, 'set_num_threads'):
+        core.set_num_threads(threads)  # Paddle's MKL/OpenMP CPU kernels
+    if 'cv2' in sys.modules:
+        sys.modules['cv2'].setNumThreads(threads)
+    if importlib.util.find_spec('threadpoolctl') is not None:  # numpy's BLAS, where threadpoolctl is installed
+        import threadpoolctl
+        threadpoolctl.threadpool_limits(threads)
+    return threads
 
 
 def cpu_threads() -> int:

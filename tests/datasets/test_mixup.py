@@ -3,7 +3,8 @@ import numpy as np
 import paddle
 import pytest
 
-from datasets.mixup import Mixup
+from datasets.mixup import Mixup, mixup_target
+from tests.host_traffic import count_host_traffic
 
 B, C, H, W, K = 6, 3, 16, 20, 10
 
@@ -157,3 +158,68 @@ def test_odd_batch_is_an_error_for_pair_and_elem(mode):
 def test_argument_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Mixup(**{'num_classes': K, **kwargs})
+
+
+def _host_built(mixup, x, target):
+    """Mixup as it was before the masks moved to the device: boxes and weights built in numpy."""
+    batch_size, img_hw = x.shape[0], tuple(x.shape[-2:])
+    partner = paddle.index_select(x, paddle.arange(batch_size - 1, -1, -1))
+    if mixup.mode == 'batch':
+        lam, use_cutmix = mixup._params_per_batch()
+        if lam == 1.0:
+            pass
+        elif not use_cutmix:
+            x = paddle.lerp(partner, x, lam)
+        else:
+            (yl, yh, xl, xh), lam = mixup._cutmix_box(img_hw, lam)
+            in_box = np.zeros((1, 1) + img_hw, dtype=bool)
+            in_box[..., yl:yh, xl:xh] = True
+            x, lam = paddle.where(paddle.to_tensor(in_box), partner, x), float(lam)
+    else:
+        n = batch_size // 2 if mixup.mode == 'pair' else batch_size
+        lam, use_cutmix = mixup._params_per_elem(n)
+        boxes, cut_lam = mixup._cutmix_box(img_hw, lam, count=n)
+        lam = np.where(use_cutmix, cut_lam, lam).astype(np.float32)
+        if mixup.mode == 'pair':
+            lam, use_cutmix = np.concatenate([lam, lam[::-1]]), np.concatenate([use_cutmix, use_cutmix[::-1]])
+            boxes = [np.concatenate([b, b[::-1]]) for b in boxes]
+        rows = np.arange(img_hw[0])[None, :, None]
+        cols = np.arange(img_hw[1])[None, None, :]
+        yl, yh, xl, xh = (b[:, None, None] for b in boxes)
+        in_box = (rows >= yl) & (rows < yh) & (cols >= xl) & (cols < xh)
+        weights = np.where(use_cutmix[:, None, None], np.where(in_box, 0.0, 1.0), lam[:, None, None])
+        w = paddle.to_tensor(weights[:, None].astype(np.float32), dtype=x.dtype)
+        x, lam = x * w + partner * (1.0 - w), paddle.to_tensor(lam[:, None])
+    return x, mixup_target(target, mixup.num_classes, lam, mixup.label_smoothing)
+
+
+@pytest.mark.parametrize('mode', ['batch', 'pair', 'elem'])
+@pytest.mark.parametrize('kwargs', [dict(), dict(mixup_alpha=0.0), dict(cutmix_minmax=(0.2, 0.7)),
+                                    dict(prob=0.6, switch_prob=0.3)])
+def test_device_masks_equal_the_host_construction_bit_for_bit(mode, kwargs):
+    rng = np.random.RandomState(0)
+    x = paddle.to_tensor(rng.randn(B, C, H, W).astype(np.float32))
+    target = paddle.to_tensor(np.arange(B, dtype=np.int64))
+    device, host = (Mixup(**kwargs, mode=mode, num_classes=K, seed=21) for _ in range(2))
+    for step in range(8):
+        device.reseed(step)
+        host.reseed(step)
+        (x_device, y_device), (x_host, y_host) = device(x, target), _host_built(host, x, target)
+        np.testing.assert_array_equal(x_device.numpy(), x_host.numpy())
+        np.testing.assert_array_equal(y_device.numpy(), y_host.numpy())
+
+
+@pytest.mark.parametrize('mode', ['batch', 'pair', 'elem'])
+def test_host_to_device_traffic_per_call_does_not_grow_with_the_image(mode):
+    """A few small copies of the draws per call, the same for 16 x 20 and 160 x 200 images."""
+    per_size = []
+    for scale in (1, 10):
+        x = paddle.zeros([B, C, H * scale, W * scale])
+        target = paddle.to_tensor(np.arange(B, dtype=np.int64))
+        mixup = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode=mode, num_classes=K, seed=2)
+        with count_host_traffic() as traffic:
+            mixup(x, target)
+        assert traffic.syncs == []
+        per_size.append((len(traffic.copies), traffic.copied_bytes))
+    assert per_size[0] == per_size[1]
+    assert per_size[0][0] <= 3 and per_size[0][1] <= 64 * B

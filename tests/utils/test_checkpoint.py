@@ -13,8 +13,8 @@ import paddle
 import pytest
 
 from models import create_model
-from utils.checkpoint import (BEST, LATEST, LOCK, CheckpointManager, RunLock, load_optimizer_state,
-                              load_training_state, optimizer_state_by_name, save_checkpoint)
+from utils.checkpoint import (BEST, LATEST, LOCK, SCHEDULE_KEYS, CheckpointManager, RunLock, differing_settings,
+                              load_optimizer_state, load_training_state, optimizer_state_by_name, save_checkpoint)
 from utils.fileio import StorageError
 from utils.optim import build_optimizer
 
@@ -205,3 +205,10 @@ def test_a_read_only_run_directory_fails_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(os, 'open', read_only)
     with pytest.raises(StorageError, match=f'{tmp_path / LOCK}: cannot write \\(read-only file system\\)'):
         RunLock(str(tmp_path)).acquire()
+
+
+def test_changed_amp_settings_are_reported_on_resume():
+    saved = {'amp': True, 'amp_dtype': 'bfloat16', 'amp_level': 'O2', 'epochs': 3}
+    now = {'amp': True, 'amp_dtype': 'float16', 'amp_level': 'O1', 'epochs': 3}
+    assert differing_settings(saved, now, SCHEDULE_KEYS) == {'amp_dtype': ('bfloat16', 'float16'),
+                                                             'amp_level': ('O2', 'O1')}

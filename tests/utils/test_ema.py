@@ -4,6 +4,7 @@ import paddle
 import pytest
 
 from models import create_model
+from tests.host_traffic import count_host_traffic
 from utils.ema import ModelEma
 
 BN_MEAN = 'stage1.blocks.0.attn.conv_proj_q.bn._mean'
@@ -67,3 +68,20 @@ def test_unwraps_data_parallel_and_round_trips(model):
     np.testing.assert_array_equal(fresh.module.head.weight.numpy(), ema.module.head.weight.numpy())
     with pytest.raises(KeyError, match='missing keys'):
         fresh.set_state_dict({'head.weight': ema.module.head.weight})
+
+
+@pytest.mark.parametrize('decay', [0.99996, 0.9998, 0.5])
+def test_update_copies_nothing_from_the_host_and_matches_lerp_with_a_float(model, decay):
+    """The weight tensor made once gives the weights `lerp_(new, 1 - decay)` gave, bit for bit."""
+    ema = ModelEma(model, decay=decay)
+    reference = {k: v.clone() for k, v in ema.state_dict().items()}
+    for _ in range(4):
+        _perturb(model)
+        with count_host_traffic() as traffic:
+            ema.update(model.state_dict())
+        assert traffic.copies == [] and traffic.syncs == []
+        with paddle.no_grad():
+            for name, value in reference.items():  # the formula before: a Python float weight per call
+                value.lerp_(model.state_dict()[name].astype('float32'), 1.0 - decay)
+    for name, value in ema.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), reference[name].numpy(), err_msg=name)

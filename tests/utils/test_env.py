@@ -4,13 +4,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from utils.env import uses_mkl_generic_path
+import pytest
+
+from utils.env import threads_per_rank, uses_mkl_generic_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fresh_env(code: str, **env):
-    base = {k: v for k, v in os.environ.items() if k not in ('OMP_NUM_THREADS', 'MKL_DEBUG_CPU_TYPE')}
+    base = {k: v for k, v in os.environ.items()
+            if k not in ('OMP_NUM_THREADS', 'MKL_DEBUG_CPU_TYPE', 'PADDLE_LOCAL_SIZE', 'CVT_WORKER_THREADS')}
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env={**base, **env}, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-1500:]
@@ -56,3 +59,40 @@ def test_import_drops_only_paddles_omp_warning():
                            capture_output=True, text=True, timeout=120)
     assert 'OMP_NUM_THREADS set to 2' in noisy.stderr  # what it guards against still happens without it
 
+
+
+def test_threads_per_rank_share_the_cpus_among_the_ranks_of_this_machine():
+    assert threads_per_rank(cores=8, environ={}) == 8
+    assert threads_per_rank(cores=8, environ={'PADDLE_LOCAL_SIZE': '4'}) == 2
+    assert threads_per_rank(cores=8, environ={'PADDLE_LOCAL_SIZE': '3', 'PADDLE_TRAINERS_NUM': '16'}) == 2
+    assert threads_per_rank(cores=2, environ={'PADDLE_LOCAL_SIZE': '8'}) == 1
+
+
+def test_a_rank_of_the_launcher_takes_its_share_unless_the_user_chose():
+    code = 'import os, utils.env; print(os.environ["OMP_NUM_THREADS"])'
+    cores = len(os.sched_getaffinity(0))
+    assert _fresh_env(code, PADDLE_LOCAL_SIZE='2') == [str(max(1, cores // 2))]
+    assert _fresh_env(code, PADDLE_LOCAL_SIZE='2', OMP_NUM_THREADS='3') == ['3']
+
+
+WORKER_THREADS = """
+import os, utils.env, numpy as np, threadpoolctl
+from datasets.loader import build_loader
+
+class Threads:
+    def __len__(self):
+        return 2
+    def __getitem__(self, index):
+        blas = max(lib['num_threads'] for lib in threadpoolctl.threadpool_info())
+        return np.array([int(os.environ['OMP_NUM_THREADS']), blas], np.int64), 0
+
+print(max(lib['num_threads'] for lib in threadpoolctl.threadpool_info()),
+      *next(iter(build_loader(Threads(), 1, is_train=False, num_workers=1)))[0].numpy().ravel())
+"""
+
+
+def test_loader_workers_use_one_math_thread_unless_told_otherwise():
+    pytest.importorskip('threadpoolctl', reason='reads the BLAS thread count (scikit-learn, requirements-dev.txt)')
+    # the rank itself: 2 threads; its worker: OMP_NUM_THREADS and numpy's BLAS pool at 1
+    assert _fresh_env(WORKER_THREADS, OMP_NUM_THREADS='2') == ['2', '1', '1']
+    assert _fresh_env(WORKER_THREADS, OMP_NUM_THREADS='2', CVT_WORKER_THREADS='2') == ['2', '2', '2']
