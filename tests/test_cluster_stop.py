@@ -1,11 +1,13 @@
 """Preemption as clusters deliver it, in a PID namespace: as in a container or a SLURM step, everything left
-dies when the job's main process exits. A 2-rank run with a checkpoint save slower than the launcher's 3 s
-is stopped by a signal to the launcher only (Kubernetes), to every process (SLURM), or to one rank only
-(one node of a multi-node job); each must exit 75 with the stop position on disk and resume exactly."""
+dies when the job's main process exits. A 2-rank run whose checkpoint save takes longer than the launcher
+gives is stopped by a signal to the launcher only (Kubernetes), to every process of a SLURM step (through
+tools/slurm/train.sbatch, with sbatch/srun/scontrol faked), or to one rank only (one node of a multi-node
+job); each must exit 75 with the stop position on disk, requeue under SLURM, and resume exactly."""
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,86 +28,115 @@ def _pid_namespaces_work() -> bool:
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sys.platform != 'linux' or not _pid_namespaces_work(),
-                                 reason='needs `unshare --pid --fork` (Linux, root or user namespaces)')]
+                                 reason='needs `unshare --pid --fork` (Linux, as root or with user namespaces)')]
 
-FLAGS = [*PLAIN, '--epochs', '2', '--batch_size', '8', '--lr', '1e-3', '--num_workers', '1']
-SAVE_SECONDS = 4  # longer than the 3 s the launcher gives the other ranks once one has exited
+FLAGS = [*PLAIN, '--epochs', '1', '--batch_size', '8', '--lr', '1e-3', '--num_workers', '1']
+# Longer than the launcher gives the other ranks once one has exited: its next poll (1 s), SIGTERM three
+# times 0.2 s apart, then 3 s before SIGKILL, counted from the exit of a rank that left at once (~2 s here).
+SAVE_SECONDS = 10
 
-# train.py whose checkpoint writes take SAVE_SECONDS longer (a multi-GB checkpoint on network storage).
-SLOW_SAVE_TRAIN = f'''
-import sys, time
-sys.path.insert(0, {str(ROOT)!r})
-import train
-from cli import run_main
-from utils import checkpoint
+# Imported by every Python of the job (PYTHONPATH): in the ranks, checkpoint writes take SAVE_SECONDS longer,
+# as a multi-GB checkpoint on network storage does.
+SLOW_SAVE_SITECUSTOMIZE = f'''
+import os
+if 'PADDLE_TRAINER_ID' in os.environ:
+    import time
+    import utils.env
+    from utils import checkpoint
 
-save = checkpoint.save_checkpoint
+    save = checkpoint.save_checkpoint
 
+    def slow_save(state, path):
+        time.sleep({SAVE_SECONDS})
+        save(state, path)
 
-def slow_save(state, path):
-    time.sleep({SAVE_SECONDS})
-    save(state, path)
-
-
-checkpoint.save_checkpoint = slow_save
-run_main(train.main)
+    checkpoint.save_checkpoint = slow_save
 '''
+
+# sbatch runs the script as a one-node job (SLURM_JOB_ID from the test); srun runs its command as the step;
+# scontrol names this host and records what else it is asked (the requeue).
+FAKE_SLURM = {
+    'sbatch': 'export SLURM_JOB_NUM_NODES=1 SLURM_JOB_NODELIST=node1 SLURM_GPUS_ON_NODE=2\n'
+              'exec bash "$@"\n',
+    'srun': 'exec "$@"\n',
+    'scontrol': 'if [ "$1 $2" = "show hostnames" ]; then echo 127.0.0.1\n'
+                'else echo "$@" >> "$(dirname "$0")/calls"; fi\n',
+}
 
 STOP_LINE = re.compile(r'stopped by (.+) at epoch (\d+) step (\d+) \((\d+) updates\): (\S+) holds this position')
 
 
 @pytest.fixture(scope='module')
 def straight(digits, tmp_path_factory):  # noqa: F811
-    """The uninterrupted run's final weights (plain launcher, no namespace)."""
+    """The uninterrupted run's final weights (the launcher alone, no namespace, no slow save)."""
     out = tmp_path_factory.mktemp('straight')
     run = _launch([str(digits), '--output', str(out), *FLAGS, '--experiment', 'run'], out / 'logs')
     assert run.wait(timeout=300) == 0, (out / 'logs' / 'workerlog.0').read_text()[-3000:]
     return _final_weights(out / 'run')
 
 
-def _start_in_pid_namespace(script, flags, log_dir):
-    """tools/launch.py as the main process of a fresh PID namespace (`sh` is its init and only waits)."""
-    env_unset = ['env', '-u', 'CUDA_VISIBLE_DEVICES']  # a set (even empty) value means GPU jobs
-    command = [sys.executable, 'tools/launch.py', '--nproc_per_node', '2', '--log_dir', str(log_dir),
-               str(script), *flags]
-    return subprocess.Popen([*env_unset, 'unshare', '--pid', '--fork', 'sh', '-c', '"$@"; exit $?', 'sh',
-                             *command], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
-def _ranks(main_pid):
-    """{rank: pid} of the launcher's children."""
-    ranks = {}
-    for pid in _descendants(main_pid):
-        with open(f'/proc/{pid}/stat') as f:
-            parent = int(f.read().rsplit(')', 1)[1].split()[1])
+def _fake_slurm(folder):
+    folder.mkdir()
+    for name, body in {**FAKE_SLURM, 'python': f'exec {sys.executable} "$@"\n'}.items():
+        (folder / name).write_text('#!/bin/sh\n' + body)
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def _parent(pid):
+    with open(f'/proc/{pid}/stat') as f:
+        return int(f.read().rsplit(')', 1)[1].split()[1])
+
+
+def _ranks(pids):
+    """{rank: pid} among `pids`: the launcher's children (their loader workers carry the same
+    PADDLE_TRAINER_ID, so a rank is the one whose parent has none)."""
+    def rank_of(pid):
         with open(f'/proc/{pid}/environ', 'rb') as f:
             env = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
-        if parent == main_pid:
-            ranks[int(env[b'PADDLE_TRAINER_ID'])] = pid
-    return ranks
+        return env.get(b'PADDLE_TRAINER_ID')
+    return {int(rank_of(pid)): pid for pid in pids if rank_of(pid) is not None and rank_of(_parent(pid)) is None}
 
 
-@pytest.mark.parametrize('delivery', ['launcher only', 'every process', 'one rank only'])
-def test_a_stop_however_delivered_saves_before_the_job_ends_and_resumes_exactly(digits, straight, tmp_path,  # noqa: F811
-                                                                               delivery):
-    script = tmp_path / 'slow_save_train.py'
-    script.write_text(SLOW_SAVE_TRAIN)
+@pytest.mark.parametrize('delivery', ['launcher only', 'every process (SLURM)', 'one rank only'])
+def test_a_stop_however_delivered_is_saved_before_the_job_ends_and_resumes_exactly(
+        digits, straight, tmp_path, delivery):  # noqa: F811
+    hook = tmp_path / 'hook'
+    hook.mkdir()
+    (hook / 'sitecustomize.py').write_text(SLOW_SAVE_SITECUSTOMIZE)
+    slurm = _fake_slurm(tmp_path / 'slurm')
+    env = {k: v for k, v in os.environ.items() if k != 'CUDA_VISIBLE_DEVICES'}  # a set value means GPU jobs
+    env.update(PYTHONPATH=os.pathsep.join([str(hook), str(ROOT)]), PATH=os.pathsep.join([str(slurm), env['PATH']]),
+               MASTER_PORT=str(_free_port()), SLURM_JOB_ID=str(os.getpid()))
     flags = [str(digits), '--output', str(tmp_path), *FLAGS, '--experiment', 'run']
-    job = _start_in_pid_namespace(script, flags, tmp_path / 'logs')
+    if delivery.startswith('every process'):
+        command, log_dir = ['sbatch', 'tools/slurm/train.sbatch', *flags], ROOT / 'log' / env['SLURM_JOB_ID']
+    else:
+        log_dir = tmp_path / 'logs'
+        command = ['python', 'tools/launch.py', '--nproc_per_node', '2', '--log_dir', str(log_dir), 'train.py', *flags]
+    shutil.rmtree(log_dir, ignore_errors=True)
+    # The job's main process in a fresh PID namespace, whose init (sh) only waits for it.
+    job = subprocess.Popen(['unshare', '--pid', '--fork', 'sh', '-c', '"$@"; exit $?', 'sh', *command], cwd=ROOT,
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        log = tmp_path / 'logs' / 'workerlog.0'
+        log = log_dir / 'workerlog.0'
         deadline = time.time() + 120
         while time.time() < deadline and not (log.exists() and 'Epoch: [0]  [ 3/20]' in log.read_text()):
             time.sleep(0.05)
-        shell, main = _descendants(job.pid)[:2]
-        ranks = _ranks(main)
-        started = _descendants(shell)
-        assert len(ranks) == 2 and len(started) >= 1 + 2 * 2  # launcher, 2 ranks, a loader worker each
-        if delivery == 'launcher only':  # Kubernetes: SIGTERM to PID 1
-            targets, signum = [main], signal.SIGTERM
-        elif delivery == 'every process':  # SLURM's --signal=USR1@120: every process of the step
-            targets, signum = started, signal.SIGUSR1
-        else:  # the ranks of one node of a multi-node job; rank 0 never gets a signal
+        started = _descendants(job.pid)[1:]  # below the namespace's init
+        ranks = _ranks(started)
+        launcher = _parent(ranks[0])
+        if delivery == 'launcher only':  # Kubernetes: SIGTERM to PID 1, the launcher
+            targets, signum = [launcher], signal.SIGTERM
+        elif delivery.startswith('every process'):  # --signal=USR1@120: every process of the step
+            targets, signum = [launcher] + _descendants(launcher), signal.SIGUSR1
+        else:  # the ranks of one node of a multi-node job: rank 0 gets no signal
             targets, signum = [ranks[1]], signal.SIGTERM
         for pid in targets:
             os.kill(pid, signum)
@@ -113,22 +144,24 @@ def test_a_stop_however_delivered_saves_before_the_job_ends_and_resumes_exactly(
     finally:
         if job.poll() is None:
             job.kill()  # SIGKILL reaches the namespace's init, which takes everything with it
-    logs = {rank: (tmp_path / 'logs' / f'workerlog.{rank}').read_text() for rank in (0, 1)}
+    logs = {rank: (log_dir / f'workerlog.{rank}').read_text() for rank in (0, 1)}
+    shutil.rmtree(log_dir, ignore_errors=True)
     assert status == EXIT_PREEMPTED, logs[0][-3000:]
     assert not _alive(started)
     run_dir = tmp_path / 'run'
     assert not (run_dir / LOCK).exists()
     state = load_training_state(str(run_dir / LATEST))
-    for rank, text in logs.items():
+    for rank, text in logs.items():  # every rank's last line is true: the file holds the position it names
         last = STOP_LINE.search(text.strip().splitlines()[-1])
         assert last, f'rank {rank} ended with: {text.strip().splitlines()[-1]}'
         reason, epoch, step, updates, path = last.groups()
-        assert (int(epoch), int(step), int(updates)) == (state['epoch'], state['step_in_epoch'],
-                                                         state['global_step'])
+        assert (int(epoch), int(step), int(updates)) == (state['epoch'], state['step_in_epoch'], state['global_step'])
         assert path == str(run_dir / LATEST)
     assert 'done:' not in logs[0] and state['step_in_epoch'] >= 3
     if delivery == 'one rank only':
         assert STOP_LINE.search(logs[0]).group(1) == 'a stop signal to another rank'
+    calls = (slurm / 'calls').read_text().splitlines() if (slurm / 'calls').exists() else []
+    assert calls == ([f"requeue {env['SLURM_JOB_ID']}"] if delivery.startswith('every process') else [])
     resumed = _launch(flags, tmp_path / 'logs-resumed')
     assert resumed.wait(timeout=300) == 0, (tmp_path / 'logs-resumed' / 'workerlog.0').read_text()[-3000:]
     assert 'resumed from' in (tmp_path / 'logs-resumed' / 'workerlog.0').read_text()
