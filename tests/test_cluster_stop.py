@@ -20,15 +20,20 @@ from utils.checkpoint import LATEST, LOCK, load_training_state
 from utils.preemption import EXIT_PREEMPTED
 
 
+# A container's process tree: a PID namespace with its own /proc (as a container mounts one, so PIDs and
+# process start times read inside match); everything in it dies when its first process exits.
+NAMESPACE = ['unshare', '--pid', '--fork', '--mount-proc']
+
+
 def _pid_namespaces_work() -> bool:
     if shutil.which('unshare') is None:
         return False
-    return subprocess.run(['unshare', '--pid', '--fork', 'true'], capture_output=True).returncode == 0
+    return subprocess.run(NAMESPACE + ['true'], capture_output=True).returncode == 0
 
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sys.platform != 'linux' or not _pid_namespaces_work(),
-                                 reason='needs `unshare --pid --fork` (Linux, as root or with user namespaces)')]
+                                 reason='needs `unshare --pid --fork --mount-proc` (Linux, as root)')]
 
 FLAGS = [*PLAIN, '--epochs', '1', '--batch_size', '8', '--lr', '1e-3', '--num_workers', '1']
 # Longer than the launcher gives the other ranks once one has exited: its next poll (1 s), SIGTERM three
@@ -122,8 +127,8 @@ def test_a_stop_however_delivered_is_saved_before_the_job_ends_and_resumes_exact
         command = ['python', 'tools/launch.py', '--nproc_per_node', '2', '--log_dir', str(log_dir), 'train.py', *flags]
     shutil.rmtree(log_dir, ignore_errors=True)
     # The job's main process in a fresh PID namespace, whose init (sh) only waits for it.
-    job = subprocess.Popen(['unshare', '--pid', '--fork', 'sh', '-c', '"$@"; exit $?', 'sh', *command], cwd=ROOT,
-                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = subprocess.Popen([*NAMESPACE, 'sh', '-c', '"$@"; exit $?', 'sh', *command], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         log = log_dir / 'workerlog.0'
         deadline = time.time() + 120
