@@ -5,7 +5,7 @@ Schedulers ask politely before they kill, and deliver the request to different p
 Kubernetes sends SIGTERM to the container's PID 1 (the launcher) and SIGKILLs everything after
 `terminationGracePeriodSeconds`; SLURM sends `--signal=USR1@<s>` ahead of the time limit, and SIGTERM
 on scancel or preemption, to every process of the step; a multi-node job may lose one node, whose
-ranks alone get the signal. `paddle.distributed.launch` (measured on Paddle 3.3; 2.6 has the same
+ranks alone get the signal. `paddle.distributed.launch` (measured on Paddle 3.3 and 2.6, which share this
 code) starts each rank in its own session (`os.setsid`), forwards SIGTERM and SIGINT to each rank's
 process group as SIGTERM, up to three times 0.2 s apart, SIGKILLs a rank still alive 30 s later and
 exits with the signal's number; it has no SIGUSR1 handler, so SIGUSR1 kills it at once; and when a
