@@ -26,8 +26,8 @@ from utils.amp import AmpConfig, build_grad_scaler, decorate_o2
 from utils.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager, RunLock,
                               TrainingCheckpoint, differing_settings, load_training_state)
 from utils.config import build_train_parser, dump_config, parse_args
-from utils.distributed import (all_gather_rows, broadcast_buffers, get_world_size, init_distributed,
-                               unwrap_model, weights_agree_across_ranks, weights_checksum)
+from utils.distributed import (all_gather_rows, all_reduce_sum, broadcast_buffers, get_world_size,
+                               init_distributed, unwrap_model, weights_agree_across_ranks, weights_checksum)
 from utils.ema import ModelEma
 from utils.entrypoint import USER_ERRORS
 from utils.env import seed_everything
@@ -327,6 +327,9 @@ def fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, 
             if rank == 0:
                 with preemption.saving():
                     checkpoint.save_latest(position())
+            # No rank leaves before the file is on disk: the launcher kills the other ranks 3 s after one exits
+            # non-zero, and a container or SLURM step kills everything once its main process is gone.
+            all_reduce_sum(paddle.zeros([1]))
             _logger.warning('stopped by %s at epoch %d step %d (%d updates): %s holds this position; run the same '
                             'command again to resume (exit status %d)', preemption.reason(), state.epoch,
                             state.step_in_epoch, state.global_step, checkpoint.manager.path(LATEST), EXIT_PREEMPTED)

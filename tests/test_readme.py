@@ -34,10 +34,11 @@ def shell_commands(text: str):
 
 
 def script_and_flags(tokens):
-    """(script, its flags) for `python x.py ...` and `python -m paddle.distributed.launch ... x.py ...`."""
+    """(script, its flags) for `python x.py ...` and `python -m paddle.distributed.launch ... x.py ...` (or
+    `python tools/launch.py ... x.py ...`, which takes the launcher's flags)."""
     if not tokens or tokens[0] not in ('python', 'python3'):
         return None, []
-    script_at = next((i for i, t in enumerate(tokens) if t.endswith('.py')), None)
+    script_at = next((i for i, t in enumerate(tokens) if t.endswith('.py') and t != 'tools/launch.py'), None)
     if script_at is None:
         return None, []
     flags = [t.split('=')[0] for t in tokens[script_at + 1:] if t.startswith('--')]

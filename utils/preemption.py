@@ -1,13 +1,24 @@
 """Preemption: SIGTERM, SIGINT and SIGUSR1 become a stop request that training honours at the next
 optimizer update, so rank 0 can save the exact position and every process can exit cleanly.
 
-Schedulers ask politely before they kill: SLURM sends SIGTERM (or `--signal=USR1@<s>` ahead of the
-time limit), Kubernetes SIGTERM, then SIGKILL after a grace period. `paddle.distributed.launch`
-forwards a signal it receives as SIGTERM to each rank's process group, up to three times 0.2 s apart,
-and SIGKILLs a rank still alive 30 s later. So:
+Schedulers ask politely before they kill, and deliver the request to different processes:
+Kubernetes sends SIGTERM to the container's PID 1 (the launcher) and SIGKILLs everything after
+`terminationGracePeriodSeconds`; SLURM sends `--signal=USR1@<s>` ahead of the time limit, and SIGTERM
+on scancel or preemption, to every process of the step; a multi-node job may lose one node, whose
+ranks alone get the signal. `paddle.distributed.launch` (measured on Paddle 3.3 and 2.6, which share this
+code) starts each rank in its own session (`os.setsid`), forwards SIGTERM and SIGINT to each rank's
+process group as SIGTERM, up to three times 0.2 s apart, SIGKILLs a rank still alive 30 s later and
+exits with the signal's number; it has no SIGUSR1 handler, so SIGUSR1 kills it at once; and when a
+rank exits non-zero it SIGTERMs the others and SIGKILLs them 3 s later. In a container or a SLURM
+step whatever is left when the main process exits is killed. So:
 
 - the first signal only sets `requested`; the loop reads it at the per-step host sync it already does
-  (all ranks sum it with the loss, so all stop after the same update);
+  (all ranks sum it with the loss, so all stop after the same update, also a rank that got no signal);
+- after rank 0's save every rank waits in one more collective (train.py), so no rank exits, and none
+  says "checkpoint-latest.pd holds this position", before the file is on disk; they then exit 75
+  together and the launcher has nothing to kill;
+- `tools/launch.py` runs the launcher with SIGUSR1 handled as its SIGTERM and exits 75 when the
+  ranks did, so the job's main process outlives the save and reports it;
 - repeated SIGTERM / SIGUSR1 are expected (the launcher repeats them) and only logged;
 - a second SIGINT is a user pressing Ctrl-C again: it raises KeyboardInterrupt, but never inside
   `saving()`: there it waits until the checkpoint is on disk (writes are atomic in any case). One
