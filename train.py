@@ -209,6 +209,8 @@ def main(argv=None) -> int:
                           fix=f'its labels would go to other classes; restore the folder names, or start a new run '
                               f'from its weights with --finetune {resume_path} --experiment NAME')
     with contextlib.ExitStack() as run:
+        # Entered first, so it is restored last: a launcher's repeated SIGTERM during teardown is still only logged.
+        preemption = run.enter_context(PreemptionHandler())
         for loader in (train_loader, val_loader):  # persistent workers end with the run, whatever ends it
             run.callback(loader.shutdown_workers)
         if rank == 0:
@@ -244,7 +246,6 @@ def main(argv=None) -> int:
             model = checkpoint.model = paddle.DataParallel(model)
         logger.info('training %s for %d epochs: %d updates/epoch, global batch %d, data %s', args.model, args.epochs,
                     scheduler.steps_per_epoch, global_batch, data_cfg)
-        preemption = run.enter_context(PreemptionHandler())
         return fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, state, checkpoint,
                    amp=amp, scaler=scaler, mixup=mixup, model_ema=model_ema, train_set=train_set,
                    preemption=preemption, rank=rank, world_size=world_size, run_dir=run_dir)

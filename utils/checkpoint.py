@@ -244,7 +244,8 @@ class RunLock:
 
     def __init__(self, run_dir: str):
         self.path = os.path.join(run_dir, LOCK)
-        self._owner = f'{os.getpid()} {socket.gethostname()} {_start_time(os.getpid())}'
+        # Stripped as `_holder` reads it back: without /proc the start time is '' (no trailing space to mismatch).
+        self._owner = f'{os.getpid()} {socket.gethostname()} {_start_time(os.getpid())}'.strip()
 
     def acquire(self) -> 'RunLock':
         with storage_errors(self.path):  # the first write of a run: a read-only --output fails here, in one line

@@ -177,6 +177,14 @@ def test_a_live_run_holds_the_directory(tmp_path):
     assert not (tmp_path / LOCK).exists()  # released on exit
 
 
+def test_a_lock_is_released_where_the_start_time_cannot_be_read(tmp_path, monkeypatch):
+    # No /proc of its own (a PID namespace without --mount-proc, or not Linux): the start time is ''.
+    monkeypatch.setattr('utils.checkpoint._start_time', lambda pid: '')
+    with RunLock(str(tmp_path)):
+        assert (tmp_path / LOCK).exists()
+    assert not (tmp_path / LOCK).exists()
+
+
 def test_a_lock_of_a_finished_process_is_taken_over(tmp_path, warnings_log):
     finished = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
     dead_pid = int(finished.stdout)
