@@ -17,11 +17,11 @@ from cli import add_weight_args, check_amp, load_model, report, run_main, script
 from datasets.imagenet import build_dataset
 from datasets.loader import build_loader
 from datasets.transforms import build_transform, resolve_data_cfg
-from utils.amp import AmpConfig
-from utils.deploy import BACKENDS, PredictorAsModel, build_predictor, read_inference_cfg
+from training.amp import AmpConfig
+from deploy.predictors import BACKENDS, PredictorAsModel, build_predictor, read_inference_cfg
 from utils.distributed import init_distributed, is_main_process
 from utils.env import cpu_threads
-from utils.evaluation import evaluate
+from training.evaluation import evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:

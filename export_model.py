@@ -15,8 +15,8 @@ from cli import add_weight_args, find_images, label_names_for, load_model, prepr
 from datasets.transforms import build_transform, resolve_data_cfg
 from models.cvt import portable_attention
 from models.export_rewrites import rewrite_for_export
-from utils.deploy import check_onnx_export_available, check_output_dir, export_inference_model
-from utils.quantize import check_int8_export_available, spread_evenly
+from deploy.predictors import check_onnx_export_available, check_output_dir, export_inference_model
+from deploy.quantize import check_int8_export_available, spread_evenly
 
 
 def build_parser() -> argparse.ArgumentParser:

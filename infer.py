@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from cli import add_image_args, add_result_args, classify_images, find_images, run_main, script_parser, show_results
 from datasets.transforms import build_transform, resolve_data_cfg
 from utils.config import add_bool
-from utils.deploy import BACKENDS, PRECISIONS, build_predictor, graph_to_probs, read_inference_cfg
+from deploy.predictors import BACKENDS, PRECISIONS, build_predictor, graph_to_probs, read_inference_cfg
 from utils.env import cpu_threads
 
 WARMUP_RUNS = 3

@@ -9,7 +9,7 @@ import paddle
 from paddle.io import DataLoader
 from paddle.tensor.random import gaussian  # the one random op with a per-call seed (0 = global generator)
 
-from utils.preemption import ignore_stop_signals
+from training.preemption import ignore_stop_signals
 
 from .random_erasing import RandomErasing
 from .samplers import DistributedEvalSampler, DistributedTrainSampler, RepeatedAugSampler

@@ -14,9 +14,9 @@ from PIL import Image
 
 from datasets.transforms import resolve_data_cfg
 from models import create_model
-from utils import deploy
+from deploy import predictors as deploy
 from tests.scripts import one_line_error, script_main
-from utils.deploy import (build_predictor, check_onnx_export_available, export_inference_model, find_model_files,
+from deploy.predictors import (build_predictor, check_onnx_export_available, export_inference_model, find_model_files,
                           read_inference_cfg)
 
 ROOT = Path(__file__).resolve().parents[1]

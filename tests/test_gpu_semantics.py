@@ -11,13 +11,13 @@ import numpy as np
 import paddle
 import pytest
 
-from engine import TrainState, train_one_epoch
+from training.engine import TrainState, train_one_epoch
 from models import create_model
 from tests.gpu_semantics import FAULTS_ENV, FaultyCriterion, _skip_updates, live_grad_scaler
-from utils.amp import AmpConfig, decorate_o2
-from utils.checkpoint import load_training_state
-from utils.optim import build_optimizer
-from utils.scheduler import CosineScheduler
+from training.amp import AmpConfig, decorate_o2
+from training.checkpoint import load_training_state
+from training.optim import build_optimizer
+from training.scheduler import CosineScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / 'tests' / 'gpu_semantics.py')

@@ -20,7 +20,7 @@ import paddle
 from cli import add_image_args, add_weight_args, find_images, load_model, preprocess, run_main, script_parser
 from datasets.transforms import build_transform, resolve_data_cfg
 from utils.config import add_bool
-from utils.deploy import ONNX_FILE, build_predictor, graph_to_probs, read_inference_cfg, softmax
+from deploy.predictors import ONNX_FILE, build_predictor, graph_to_probs, read_inference_cfg, softmax
 from utils.env import cpu_threads
 
 TOPK = 5

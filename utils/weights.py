@@ -150,5 +150,5 @@ def load_weights(model: paddle.nn.Layer, path: str, *, key: Optional[str] = None
 
 def save_state_dict(state_dict: dict, path: str) -> None:
     """Write {name: Tensor or array} as a `.pdparams` file atomically (temp file + rename)."""
-    from .checkpoint import save_checkpoint
+    from training.checkpoint import save_checkpoint
     save_checkpoint(dict(state_dict), path)

@@ -10,7 +10,7 @@ import pytest
 import models.cvt as cvt
 from datasets.transforms import resolve_data_cfg
 from models import create_model
-from utils.deploy import build_predictor, read_inference_cfg
+from deploy.predictors import build_predictor, read_inference_cfg
 
 needs_sdpa_kernel = pytest.mark.skipif(
     cvt.sdpa_kernel is None, reason=f'Paddle {paddle.__version__} has no paddle.nn.attention.sdpa_kernel: '
@@ -196,7 +196,7 @@ def test_portable_attention_traces_math_ops_where_a_gpu_would_pick_flash(gpu_lik
 
 @needs_sdpa_kernel
 def test_export_under_portable_attention_runs_on_paddle_inference_and_onnx(gpu_like_sdpa, tmp_path):
-    from utils.deploy import export_inference_model
+    from deploy.predictors import export_inference_model
     onnx = all(_importable(m) for m in ('paddle2onnx', 'onnx_graphsurgeon', 'onnxruntime'))
     model = _tiny()
     model.eval()

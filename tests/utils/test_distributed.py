@@ -35,7 +35,7 @@ _WORKER = textwrap.dedent('''
     sys.path.insert(0, os.environ['REPO_ROOT'])
     import paddle
     from utils.distributed import all_reduce_mean, all_reduce_sum, init_distributed
-    from utils.metrics import SmoothedValue
+    from training.metrics import SmoothedValue
 
     rank, world = init_distributed()
     total = all_reduce_sum(paddle.to_tensor([rank + 1.0, 10.0]))

@@ -13,10 +13,10 @@ import paddle
 import pytest
 
 from models import create_model
-from utils.checkpoint import (BEST, LATEST, LOCK, CheckpointManager, RunLock, load_optimizer_state,
+from training.checkpoint import (BEST, LATEST, LOCK, CheckpointManager, RunLock, load_optimizer_state,
                               load_training_state, optimizer_state_by_name, save_checkpoint)
 from utils.fileio import StorageError
-from utils.optim import build_optimizer
+from training.optim import build_optimizer
 
 
 @pytest.fixture

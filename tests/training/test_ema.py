@@ -4,7 +4,7 @@ import paddle
 import pytest
 
 from models import create_model
-from utils.ema import ModelEma
+from training.ema import ModelEma
 
 BN_MEAN = 'stage1.blocks.0.attn.conv_proj_q.bn._mean'
 

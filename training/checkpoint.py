@@ -16,10 +16,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import paddle
 
-from .distributed import unwrap_model
-from .fileio import atomic_write, storage_errors
-from .logger import get_logger
-from .torch_pickle import load_checkpoint as read_pickle
+from utils.distributed import unwrap_model
+from utils.fileio import atomic_write, storage_errors
+from utils.logger import get_logger
+from utils.torch_pickle import load_checkpoint as read_pickle
 
 _logger = get_logger(__name__)
 
@@ -301,7 +301,7 @@ class TrainingCheckpoint:
 
     def load_state_dict(self, ckpt: Dict[str, Any], path: str) -> Dict[str, int]:
         """Restore everything `state_dict` saved; returns the position."""
-        from .weights import load_weights
+        from utils.weights import load_weights
         model = unwrap_model(self.model)
         load_weights(model, path, key='model')  # checks every name and shape
         load_optimizer_state(self.optimizer, model, ckpt['optimizer'])

@@ -77,7 +77,7 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
     """Export `model` for deployment into `output_dir`; returns the written file names. `model` is traced
     as given: pass `models.export_rewrites.rewrite_for_export(model)` for the deployed form.
 
-    With `calib_batches` (needs `onnx`), the int8 copies of utils/quantize.py are written too.
+    With `calib_batches` (needs `onnx`), the int8 copies of deploy/quantize.py are written too.
 
     The folder is built under a temporary name next to `output_dir` and renamed into place, so a
     failed export never leaves a half-written folder, and a previous export is replaced whole.
@@ -104,7 +104,7 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
             model_file, params_file = find_model_files(staging)
             _export_onnx(model_file, params_file, os.path.join(staging, ONNX_FILE))
         if calib_batches:
-            from utils.quantize import quantize_onnx
+            from deploy.quantize import quantize_onnx
             quantize_onnx(os.path.join(staging, ONNX_FILE), staging, calib_batches)
         _swap_into_place(staging, output_dir)
     except BaseException:
@@ -400,7 +400,7 @@ def build_predictor(model_dir: str, cfg: dict, *, backend: str = 'paddle', model
 
 
 class PredictorAsModel:
-    """An exported predictor seen as utils.evaluation.evaluate() sees a model: eval(), and a call from a
+    """An exported predictor seen as training.evaluation.evaluate() sees a model: eval(), and a call from a
     paddle image batch to logits (log-probabilities for a softmax graph: same top-k, same cross-entropy)."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], cfg: dict):

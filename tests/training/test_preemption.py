@@ -10,8 +10,8 @@ import numpy as np
 import paddle
 import pytest
 
-from utils import preemption
-from utils.preemption import PreemptionHandler, ignore_stop_signals
+from training import preemption
+from training.preemption import PreemptionHandler, ignore_stop_signals
 
 pytestmark = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX signals')
 
@@ -79,7 +79,7 @@ def test_a_forked_child_ignores_an_inherited_handler():
 
 
 def test_workers_ignore_stop_signals():
-    code = ('import os, signal, sys; sys.path.insert(0, "."); from utils.preemption import ignore_stop_signals; '
+    code = ('import os, signal, sys; sys.path.insert(0, "."); from training.preemption import ignore_stop_signals; '
             'ignore_stop_signals(0); [os.kill(os.getpid(), s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)];'
             ' print("alive")')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)

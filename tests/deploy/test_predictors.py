@@ -17,9 +17,9 @@ try:
 except (ImportError, ValueError) as err:  # paddle2onnx 2.x refuses Paddle 2.x at import
     pytest.skip(f'ONNX export unavailable: {str(err)[:80]}', allow_module_level=True)
 
-from utils import deploy  # noqa: E402
+from deploy import predictors as deploy  # noqa: E402
 from cli import run_main  # noqa: E402
-from utils.deploy import build_predictor, graph_to_probs, missing_bf16_flags, read_inference_cfg  # noqa: E402
+from deploy.predictors import build_predictor, graph_to_probs, missing_bf16_flags, read_inference_cfg  # noqa: E402
 from utils.env import cpu_summary  # noqa: E402
 from tests.scripts import export_tiny, one_line_error, script_main  # noqa: E402
 

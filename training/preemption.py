@@ -32,7 +32,7 @@ import signal
 import threading
 from typing import Dict, Iterator, Optional
 
-from .logger import get_logger
+from utils.logger import get_logger
 
 _logger = get_logger(__name__)
 
