@@ -261,7 +261,7 @@ def _model_spec(model_name: str, threads: int, model_dir: str, image: str) -> di
 
 def _export(spec: dict, with_onnx: bool, with_int8: bool) -> None:
     from datasets.transforms import resolve_data_cfg
-    from models.cvt import portable_attention
+    from models.layers import portable_attention
     from models.export_rewrites import rewrite_for_export
     from deploy.predictors import export_inference_model
     model = _paddle_model(spec, training=False)
