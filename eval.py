@@ -13,15 +13,17 @@ import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 import argparse
 from typing import Optional, Sequence
 
-from cli import add_weight_args, check_amp, load_model, report, run_main, script_parser
+from cli import add_weight_args, check_amp, load_model, run_main, script_parser
 from datasets.imagenet import build_dataset
 from datasets.loader import build_loader
 from datasets.transforms import build_transform, resolve_data_cfg
+from deploy.layout import read_inference_cfg
+from deploy.predictors import BACKENDS, PredictorAsModel, build_predictor
 from training.amp import AmpConfig
-from deploy.predictors import BACKENDS, PredictorAsModel, build_predictor, read_inference_cfg
-from utils.distributed import init_distributed, is_main_process
-from utils.env import cpu_threads
 from training.evaluation import evaluate
+from utils.distributed import init_distributed, is_main_process
+from utils.entrypoint import report
+from utils.env import cpu_threads
 
 
 def build_parser() -> argparse.ArgumentParser:

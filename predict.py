@@ -14,9 +14,10 @@ from typing import Optional, Sequence
 import paddle
 import paddle.nn.functional as F
 
-from cli import (add_image_args, add_result_args, add_weight_args, check_amp, classify_images, find_images,
-                 label_names_for, load_model, run_main, script_parser, show_results)
+from cli import (add_image_args, add_result_args, add_weight_args, check_amp, label_names_for, load_model, run_main,
+                 script_parser)
 from datasets.transforms import build_transform, resolve_data_cfg
+from deploy.classify import classify_images, find_images, show_results
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,8 @@ from PIL import Image
 from datasets.transforms import build_transform, resolve_data_cfg
 from models import create_model
 from models.cvt import ConvolutionalVisionTransformer
-from cli import find_images, label_names_for, run_main
+from cli import label_names_for, run_main
+from deploy.classify import find_images
 from tests.scripts import one_line_error, without_log_lines
 
 ROOT = Path(__file__).resolve().parents[1]

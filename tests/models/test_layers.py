@@ -10,7 +10,8 @@ import pytest
 import models.layers as layers
 from datasets.transforms import resolve_data_cfg
 from models import create_model
-from deploy.predictors import build_predictor, read_inference_cfg
+from deploy.layout import read_inference_cfg
+from deploy.predictors import build_predictor
 
 needs_sdpa_kernel = pytest.mark.skipif(
     layers.sdpa_kernel is None, reason=f'Paddle {paddle.__version__} has no paddle.nn.attention.sdpa_kernel: '
@@ -196,7 +197,7 @@ def test_portable_attention_traces_math_ops_where_a_gpu_would_pick_flash(gpu_lik
 
 @needs_sdpa_kernel
 def test_export_under_portable_attention_runs_on_paddle_inference_and_onnx(gpu_like_sdpa, tmp_path):
-    from deploy.predictors import export_inference_model
+    from deploy.export import export_inference_model
     onnx = all(_importable(m) for m in ('paddle2onnx', 'onnx_graphsurgeon', 'onnxruntime'))
     model = _tiny()
     model.eval()
