@@ -20,23 +20,23 @@ from datasets.imagenet import build_dataset
 from datasets.loader import build_loader
 from datasets.mixup import Mixup
 from datasets.transforms import build_transform, resolve_data_cfg
-from training.engine import NonFiniteLossError, StopRequested, TrainState, train_one_epoch
 from models import create_model, load_weights
 from training.amp import AmpConfig, build_grad_scaler, decorate_o2
-from training.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager, RunLock,
-                                 TrainingCheckpoint, differing_settings, load_training_state)
-from utils.config import build_train_parser, dump_config, parse_args
-from utils.distributed import (broadcast_buffers, init_distributed, unwrap_model,
-                               weights_agree_across_ranks)
+from training.args import build_train_parser
+from training.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager, RunLock, TrainingCheckpoint,
+                                 differing_settings, load_training_state)
 from training.ema import ModelEma
-from utils.env import seed_everything
+from training.engine import NonFiniteLossError, StopRequested, TrainState, train_one_epoch
 from training.evaluation import evaluate
-from utils.logger import get_logger, log_json, setup_logger, truncate_json_log
 from training.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from training.optim import build_optimizer
 from training.preemption import EXIT_PREEMPTED, PreemptionHandler
 from training.scheduler import CosineScheduler, scale_lr
 from training.trackers import build_trackers
+from utils.config import dump_config, parse_args
+from utils.distributed import broadcast_buffers, init_distributed, unwrap_model, weights_agree_across_ranks
+from utils.env import seed_everything
+from utils.logger import get_logger, log_json, setup_logger, truncate_json_log
 
 _logger = get_logger('train')
 

@@ -14,10 +14,11 @@ import paddle
 import pytest
 
 import train
-from training.engine import NonFiniteLossError, TrainState, train_one_epoch
+from training.args import build_train_parser
 from training.checkpoint import load_training_state
-from utils.config import build_train_parser, parse_args
+from training.engine import NonFiniteLossError, TrainState, train_one_epoch
 from training.scheduler import CosineScheduler, scale_lr
+from utils.config import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip('sklearn', reason='the digits dataset comes from scikit-learn (requirements-dev.txt)')
