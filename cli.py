@@ -15,8 +15,7 @@ from datasets.transforms import resolve_data_cfg
 from models import create_model, load_weights, resolve_source
 from utils.config import ArgumentParser, HelpFormatter
 from utils.entrypoint import run_main  # noqa: F401  (the scripts' entry, taken from here with the rest)
-from utils.torch_pickle import load_checkpoint as read_checkpoint
-from utils.weights import is_safetensors
+from utils.weights import is_safetensors, read_weight_file
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 IMAGENET_LABELS = os.path.join(REPO_ROOT, 'datasets', 'imagenet1k_label_list.txt')
@@ -43,17 +42,17 @@ def add_weight_args(parser: argparse.ArgumentParser, required: bool = True) -> N
                        help="classifier size when it differs from the variant's (default: the variant's)")
 
 
-def run_args_for(checkpoint: str) -> dict:
+def run_args_of(path: str, content) -> dict:
     """The training run's resolved settings stored in a train.py checkpoint (its 'args' entry), or {}.
 
     A checkpoint carries its run's class count and eval preprocessing this way, so eval, predict and
     export use what training used without repeating flags, whatever the file is called or where it lies.
-    Torch zips and safetensors (released weights) carry no run settings and are not read here.
+    `content` is the file at `path` as read; torch zips and safetensors (released weights) carry no run
+    settings.
     """
-    if not os.path.isfile(checkpoint) or zipfile.is_zipfile(checkpoint) or is_safetensors(checkpoint):
+    if zipfile.is_zipfile(path) or is_safetensors(path):
         return {}
-    state = read_checkpoint(checkpoint)
-    args = state.get('args') if isinstance(state, dict) else None
+    args = content.get('args') if isinstance(content, dict) else None
     return args if isinstance(args, dict) else {}
 
 
@@ -68,10 +67,11 @@ def load_model(name: str, resume: Optional[str] = None, pretrained: Optional[str
     if not (resume or pretrained):
         raise ValueError(NO_WEIGHTS_HINT)
     path = resolve_source(resume or pretrained)
-    run_args = run_args_for(path)
+    content = read_weight_file(path)  # once: a checkpoint gives its run settings and its weights
+    run_args = run_args_of(path, content)
     num_classes = num_classes or run_args.get('num_classes')
     model = create_model(name, **({'num_classes': num_classes} if num_classes else {}))
-    load_weights(model, path, key='model_ema' if use_ema else None)
+    load_weights(model, path, key='model_ema' if use_ema else None, content=content)
     if run_args:
         model.default_cfg.update(resolve_data_cfg(model.default_cfg, **{
             k: run_args.get(k) for k in ('input_size', 'crop_pct', 'interpolation')}))

@@ -13,12 +13,12 @@ import yaml
 from PIL import Image
 
 from datasets.transforms import resolve_data_cfg
-from models import create_model
 from deploy import export
-from tests.scripts import one_line_error, script_main
 from deploy.export import check_onnx_export_available, export_inference_model
 from deploy.layout import find_model_files, read_inference_cfg
 from deploy.predictors import build_predictor
+from models import create_model
+from tests.scripts import one_line_error, script_main
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3

@@ -11,11 +11,11 @@ import numpy as np
 import paddle
 import pytest
 
-from training.engine import TrainState, train_one_epoch
 from models import create_model
 from tests.gpu_semantics import FAULTS_ENV, FaultyCriterion, _skip_updates, live_grad_scaler
 from training.amp import AmpConfig, decorate_o2
 from training.checkpoint import load_training_state
+from training.engine import TrainState, train_one_epoch
 from training.optim import build_optimizer
 from training.scheduler import CosineScheduler
 

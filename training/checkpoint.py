@@ -1,10 +1,10 @@
 """Training checkpoints: atomic writes, latest/best/numbered files, and optimizer state by parameter name.
 
-A checkpoint is one `paddle.save` pickle of numpy arrays and plain values, read back with the restricted
-unpickler of `utils.torch_pickle`. Paddle keys optimizer state by auto-generated tensor names
-(`linear_3.w_0_moment1_0`) that change with construction order; here it is stored by structured
-parameter name (`stage2.blocks.0.attn.proj_q.weight@moment1_0`), so a checkpoint resumes into any
-freshly built model of the same architecture.
+A checkpoint is one `paddle.save` pickle of numpy arrays and plain values, written and read back by
+utils/weights.py (its restricted unpickler runs no code). Paddle keys optimizer state by auto-generated
+tensor names (`linear_3.w_0_moment1_0`) that change with construction order; here it is stored by
+structured parameter name (`stage2.blocks.0.attn.proj_q.weight@moment1_0`), so a checkpoint resumes
+into any freshly built model of the same architecture.
 """
 import glob
 import os
@@ -19,7 +19,7 @@ import paddle
 from utils.distributed import unwrap_model
 from utils.fileio import atomic_write, storage_errors
 from utils.logger import get_logger
-from utils.torch_pickle import load_checkpoint as read_pickle
+from utils.weights import apply_state_dict, read_weight_file, save_checkpoint, state_dict_from, to_numpy
 
 _logger = get_logger(__name__)
 
@@ -28,17 +28,6 @@ BEST = 'checkpoint-best.pd'
 BEST_EMA = 'checkpoint-best-ema.pd'
 LOCK = 'train.lock'
 _SEP = '@'
-
-
-def to_numpy(obj: Any) -> Any:
-    """Tensors -> numpy arrays (bfloat16 widened to float32, which numpy lacks), recursively."""
-    if isinstance(obj, paddle.Tensor):
-        return (obj.astype('float32') if obj.dtype == paddle.bfloat16 else obj).numpy()
-    if isinstance(obj, dict):
-        return {k: to_numpy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_numpy(v) for v in obj)
-    return obj
 
 
 def _tensor_names(model) -> Dict[str, str]:
@@ -67,7 +56,11 @@ def optimizer_state_by_name(optimizer: paddle.optimizer.Optimizer, model) -> Dic
 
 
 def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Dict[str, Any]) -> None:
-    """Inverse of `optimizer_state_by_name` for this model's current tensor names."""
+    """Inverse of `optimizer_state_by_name` for this model's current tensor names.
+
+    Empties `state` as it goes: each array is released once its tensor exists, so a resume holds the
+    optimizer state once, not twice (for CvT-W24 that is gigabytes).
+    """
     by_structured = {n: t for t, n in _tensor_names(model).items()}
 
     def tensor_name(structured: str) -> str:
@@ -76,7 +69,8 @@ def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Di
         return by_structured[structured]
 
     restored: Dict[str, Any] = {}
-    for key, value in state.items():
+    for key in list(state):
+        value = state.pop(key)
         if key == 'master_weights':
             restored[key] = {}
             for stored, array in value.items():
@@ -93,15 +87,9 @@ def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Di
     optimizer.set_state_dict(restored)
 
 
-def save_checkpoint(state: Dict[str, Any], path: str) -> None:
-    """Write `state` atomically and durably: a crash or power loss mid-write leaves the previous file intact."""
-    with atomic_write(path) as tmp:
-        paddle.save(to_numpy(state), tmp)
-
-
 def load_training_state(path: str) -> Dict[str, Any]:
     """Read a training checkpoint written by `save_checkpoint` (restricted unpickler, no code runs)."""
-    state = read_pickle(path)
+    state = read_weight_file(path)
     if not isinstance(state, dict) or 'model' not in state or 'epoch' not in state:
         raise ValueError(f'{path}: not a training checkpoint of this repo (expected model, optimizer and epoch '
                          f'entries); to start from weights only use --finetune or --pretrained')
@@ -301,9 +289,8 @@ class TrainingCheckpoint:
 
     def load_state_dict(self, ckpt: Dict[str, Any], path: str) -> Dict[str, int]:
         """Restore everything `state_dict` saved; returns the position."""
-        from utils.weights import load_weights
         model = unwrap_model(self.model)
-        load_weights(model, path, key='model')  # checks every name and shape
+        apply_state_dict(model, state_dict_from(ckpt, path, key='model'), path=path)  # checks every name and shape
         load_optimizer_state(self.optimizer, model, ckpt['optimizer'])
         if self.scaler is not None and ckpt.get('scaler'):
             self.scaler.load_state_dict(ckpt['scaler'])

@@ -17,12 +17,12 @@ try:
 except (ImportError, ValueError) as err:  # paddle2onnx 2.x refuses Paddle 2.x at import
     pytest.skip(f'ONNX export unavailable: {str(err)[:80]}', allow_module_level=True)
 
-from deploy import predictors  # noqa: E402
 from cli import run_main  # noqa: E402
+from deploy import predictors  # noqa: E402
 from deploy.layout import read_inference_cfg  # noqa: E402
 from deploy.predictors import build_predictor, graph_to_probs, missing_bf16_flags  # noqa: E402
-from utils.env import cpu_summary  # noqa: E402
 from tests.scripts import export_tiny, one_line_error, script_main  # noqa: E402
+from utils.env import cpu_summary  # noqa: E402
 
 NUM_CLASSES = 3
 NO_BF16_CPUINFO = 'flags\t\t: fpu sse2 avx avx2 fma\n'  # a Zen 3's, as far as bf16 goes

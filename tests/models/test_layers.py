@@ -9,9 +9,9 @@ import pytest
 
 import models.layers as layers
 from datasets.transforms import resolve_data_cfg
-from models import create_model
 from deploy.layout import read_inference_cfg
 from deploy.predictors import build_predictor
+from models import create_model
 
 needs_sdpa_kernel = pytest.mark.skipif(
     layers.sdpa_kernel is None, reason=f'Paddle {paddle.__version__} has no paddle.nn.attention.sdpa_kernel: '
