@@ -1,5 +1,6 @@
 """Layers and backend plumbing the model code uses: the attention-kernel switch (SDPA or an explicit
-softmax, and the portable trace for export), a Linear whose CPU path is one addmm GEMM, and DropPath."""
+softmax, and the portable trace for export), a Linear whose CPU path is one addmm GEMM, DropPath, and the
+trainable-parameter count that training logs and tools/flops.py reports."""
 import contextlib
 
 import paddle
@@ -93,3 +94,8 @@ class DropPath(nn.Layer):
 
     def extra_repr(self):
         return f'drop_prob={self.drop_prob:.3f}'
+
+
+def count_parameters(model: nn.Layer) -> int:
+    """Trainable parameters (elements of every parameter that takes gradients)."""
+    return sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
