@@ -8,11 +8,10 @@ import sys
 import zipfile
 from typing import List, Optional
 
-import paddle
-
 from datasets.imagenet import read_label_names
 from datasets.transforms import resolve_data_cfg
 from models import create_model, load_weights, resolve_source
+from training.amp import AmpConfig
 from utils.config import ArgumentParser, HelpFormatter
 from utils.entrypoint import run_main  # noqa: F401  (the scripts' entry, taken from here with the rest)
 from utils.weights import is_safetensors, read_weight_file
@@ -79,10 +78,11 @@ def load_model(name: str, resume: Optional[str] = None, pretrained: Optional[str
     return model
 
 
-def check_amp(amp: bool) -> None:
-    """AMP is a GPU feature in Paddle: on CPU autocast runs in fp32, so say so once and go on."""
-    if amp and not paddle.is_compiled_with_cuda():
-        print('note: --amp has no effect on a CPU build of Paddle (autocast stays fp32)', file=sys.stderr)
+def check_amp(amp: AmpConfig) -> None:
+    """AMP is a GPU feature in Paddle: on CPU autocast runs in fp32, so say so once (stderr) and go on."""
+    note = amp.cpu_note()
+    if note:
+        print(f'note: {note}', file=sys.stderr)
 
 
 IMAGES_HELP = 'image files, folders (searched recursively) or glob patterns'

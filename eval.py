@@ -79,7 +79,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError('--model is required (or --model_dir EXPORT to score an exported model)')
     if not args.model_dir and (args.backend != 'paddle' or args.precision != 'fp32'):
         raise ValueError('--backend/--precision choose how an export runs: add --model_dir EXPORT')
-    check_amp(args.amp)
+    amp = AmpConfig(args.amp, args.amp_dtype)
+    check_amp(amp)
     rank, world_size = init_distributed()
     if args.model_dir:
         model, data_cfg, export_cfg = _deployed_model(args)
@@ -97,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             bad_image_policy='error')  # a skipped image would change the score
     loader = build_loader(dataset, args.batch_size, is_train=False, num_replicas=world_size, rank=rank,
                           num_workers=args.num_workers)
-    stats = evaluate(model, loader, amp=AmpConfig(args.amp, args.amp_dtype))
+    stats = evaluate(model, loader, amp=amp)
     if not is_main_process():
         return 0
     result = dict(**source, acc1=round(stats['acc1'], 3), acc5=round(stats['acc5'], 3), loss=round(stats['loss'], 5),

@@ -120,6 +120,21 @@ def test_predict_scores_equal_model_probabilities(image_dir, checkpoint, capsys)
     assert result['label_names'] == []
 
 
+def test_predict_amp_autocasts_as_eval_and_training_do(image_dir, checkpoint, monkeypatch, capsys):
+    seen = []
+    auto_cast = paddle.amp.auto_cast
+
+    def spy(enable=True, *args, **kwargs):
+        seen.append((enable, kwargs.get('dtype'), kwargs.get('level'), frozenset(kwargs.get('custom_black_list', ()))))
+        return auto_cast(enable, *args, **kwargs)
+    monkeypatch.setattr(paddle.amp, 'auto_cast', spy)
+    assert _main()(['--images', str(image_dir / 'grey.png'), '--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES),
+                    '--resume', str(checkpoint), '--amp']) == 0
+    assert seen == [(True, 'float16', 'O1', frozenset({'softmax', 'layer_norm'}))]  # eval's and training's black list
+    assert capsys.readouterr().err.count('has no effect on this CPU build of Paddle') == (
+        0 if paddle.is_compiled_with_cuda() else 1)
+
+
 def _wrong_variant_checkpoint(path: Path) -> Path:
     # cvt_tiny widths with a deeper last stage: the same names up to stage2.blocks.0, then extra blocks
     model = ConvolutionalVisionTransformer(depths=(1, 1, 2), dims=(16, 32, 64), heads=(1, 2, 4),
