@@ -13,15 +13,17 @@ import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 import argparse
 from typing import Optional, Sequence
 
-from cli import add_weight_args, check_amp, load_model, report, run_main, script_parser
+from cli import add_weight_args, check_amp, load_model, run_main, script_parser
 from datasets.imagenet import build_dataset
 from datasets.loader import build_loader
 from datasets.transforms import build_transform, resolve_data_cfg
-from utils.amp import AmpConfig
-from utils.deploy import BACKENDS, PredictorAsModel, build_predictor, read_inference_cfg
+from deploy.layout import read_inference_cfg
+from deploy.predictors import BACKENDS, PredictorAsModel, build_predictor
+from training.amp import AmpConfig
+from training.evaluation import evaluate
 from utils.distributed import init_distributed, is_main_process
+from utils.entrypoint import report
 from utils.env import cpu_threads
-from utils.evaluation import evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +79,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError('--model is required (or --model_dir EXPORT to score an exported model)')
     if not args.model_dir and (args.backend != 'paddle' or args.precision != 'fp32'):
         raise ValueError('--backend/--precision choose how an export runs: add --model_dir EXPORT')
-    check_amp(args.amp)
+    amp = AmpConfig(args.amp, args.amp_dtype)
+    check_amp(amp)
     rank, world_size = init_distributed()
     if args.model_dir:
         model, data_cfg, export_cfg = _deployed_model(args)
@@ -98,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             class_names=class_names, names_of=names_of)
     loader = build_loader(dataset, args.batch_size, is_train=False, num_replicas=world_size, rank=rank,
                           num_workers=args.num_workers)
-    stats = evaluate(model, loader, amp=AmpConfig(args.amp, args.amp_dtype))
+    stats = evaluate(model, loader, amp=amp)
     if not is_main_process():
         return 0
     result = dict(**source, acc1=round(stats['acc1'], 3), acc5=round(stats['acc5'], 3), loss=round(stats['loss'], 5),

@@ -11,12 +11,13 @@ import argparse
 import json
 from typing import Optional, Sequence
 
-from cli import add_weight_args, find_images, label_names_for, load_model, preprocess, run_main, script_parser
+from cli import add_weight_args, label_names_for, load_model, run_main, script_parser
 from datasets.transforms import build_transform, resolve_data_cfg
-from models.cvt import portable_attention
+from deploy.classify import find_images, preprocess
+from deploy.export import check_onnx_export_available, check_output_dir, export_inference_model
+from deploy.quantize import check_int8_export_available, spread_evenly
 from models.export_rewrites import rewrite_for_export
-from utils.deploy import check_onnx_export_available, check_output_dir, export_inference_model
-from utils.quantize import check_int8_export_available, spread_evenly
+from models.layers import portable_attention
 
 
 def build_parser() -> argparse.ArgumentParser:

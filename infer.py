@@ -11,11 +11,12 @@ import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 import argparse
 from typing import Optional, Sequence
 
-from cli import (add_image_args, add_result_args, classify_images, find_images, label_names_for, run_main,
-                 script_parser, show_results)
+from cli import add_image_args, add_result_args, label_names_for, run_main, script_parser
 from datasets.transforms import build_transform, resolve_data_cfg
+from deploy.classify import classify_images, find_images, show_results
+from deploy.layout import read_inference_cfg
+from deploy.predictors import BACKENDS, PRECISIONS, build_predictor, graph_to_probs
 from utils.config import add_bool
-from utils.deploy import BACKENDS, PRECISIONS, build_predictor, graph_to_probs, read_inference_cfg
 from utils.env import cpu_threads
 
 WARMUP_RUNS = 3

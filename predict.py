@@ -14,9 +14,11 @@ from typing import Optional, Sequence
 import paddle
 import paddle.nn.functional as F
 
-from cli import (add_image_args, add_result_args, add_weight_args, check_amp, classify_images, find_images,
-                 label_names_for, load_model, run_main, script_parser, show_results)
+from cli import (add_image_args, add_result_args, add_weight_args, check_amp, label_names_for, load_model, run_main,
+                 script_parser)
 from datasets.transforms import build_transform, resolve_data_cfg
+from deploy.classify import classify_images, find_images, show_results
+from training.amp import AmpConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,21 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @paddle.no_grad()
-def predict_probs(model: paddle.nn.Layer, batch, amp: bool = False):
-    """Softmax probabilities (N, num_classes) as a float32 numpy array."""
-    with paddle.amp.auto_cast(enable=amp):
+def predict_probs(model: paddle.nn.Layer, batch, amp: AmpConfig = AmpConfig()):
+    """Softmax probabilities (N, num_classes) as a float32 numpy array, in eval.py's precision for the same flags."""
+    with amp.autocast():
         logits = model(paddle.to_tensor(batch))
     return F.softmax(logits.astype('float32'), axis=-1).numpy()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    check_amp(args.amp)
+    amp = AmpConfig(args.amp)
+    check_amp(amp)
     files = find_images(args.images)
     model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
     label_names = label_names_for(model.num_classes, args.label_list, model.class_names)
     transform = build_transform(is_train=False, **resolve_data_cfg(model.default_cfg))
-    classified = classify_images(files, transform, lambda batch: predict_probs(model, batch, args.amp),
+    classified = classify_images(files, transform, lambda batch: predict_probs(model, batch, amp),
                                  batch_size=args.batch_size, topk=args.topk, label_names=label_names,
                                  strict=args.strict)
     show_results(classified, json_requested=args.json, output_json=args.output_json)

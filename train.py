@@ -11,7 +11,8 @@ import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 import contextlib
 import os
 import time
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
 
 import paddle
 
@@ -20,26 +21,49 @@ from datasets.imagenet import build_dataset, check_class_names
 from datasets.loader import build_loader
 from datasets.mixup import Mixup
 from datasets.transforms import build_transform, resolve_data_cfg
-from engine import NonFiniteLossError, StopRequested, TrainState, train_one_epoch
-from models import create_model, load_weights
-from utils.amp import AmpConfig, build_grad_scaler, decorate_o2
-from utils.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager, RunLock,
-                              TrainingCheckpoint, differing_settings, load_training_state)
-from utils.config import build_train_parser, dump_config, parse_args
+from models import count_parameters, create_model, load_weights
+from training.amp import AmpConfig, GradScaler, build_grad_scaler, decorate_o2
+from training.args import build_train_parser
+from training.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager, RunLock, TrainingCheckpoint,
+                                 differing_settings, load_training_state)
+from training.ema import ModelEma
+from training.engine import NonFiniteLossError, StopRequested, TrainState, train_one_epoch
+from training.evaluation import evaluate
+from training.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from training.optim import build_optimizer
+from training.preemption import PreemptionHandler
+from training.scheduler import CosineScheduler, scale_lr
+from training.trackers import build_trackers
+from utils.config import dump_config, parse_args
 from utils.distributed import (all_gather_rows, all_reduce_sum, broadcast_buffers, get_world_size,
                                init_distributed, unwrap_model, weights_agree_across_ranks, weights_checksum)
-from utils.ema import ModelEma
-from utils.entrypoint import USER_ERRORS
+from utils.entrypoint import EXIT_PREEMPTED, USER_ERRORS
 from utils.env import seed_everything
-from utils.evaluation import evaluate
 from utils.logger import get_logger, log_json, setup_logger, truncate_json_log
-from utils.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from utils.optim import build_optimizer
-from utils.preemption import EXIT_PREEMPTED, PreemptionHandler
-from utils.scheduler import CosineScheduler, scale_lr
-from utils.trackers import build_trackers
 
 _logger = get_logger('train')
+
+
+@dataclass
+class TrainingRun:
+    """What one run is made of, built once by `main` and handed to `fit`."""
+    model: paddle.nn.Layer  # paddle.DataParallel around it with several processes
+    criterion: Callable
+    optimizer: paddle.optimizer.Optimizer
+    scheduler: CosineScheduler
+    amp: AmpConfig
+    scaler: Optional[GradScaler]
+    mixup: Optional[Mixup]
+    model_ema: Optional[ModelEma]
+    train_set: object  # the training dataset, whose replaced unreadable images each epoch reports
+    train_loader: object
+    val_loader: object
+    checkpoint: TrainingCheckpoint
+    preemption: PreemptionHandler
+    n_parameters: int  # trainable
+    rank: int
+    world_size: int
+    run_dir: str
 
 
 def run_dir_of(args) -> str:
@@ -77,7 +101,7 @@ def build_criterion(args, mixup):
 
 
 def run_identity(args, data_cfg: dict) -> dict:
-    """The settings that make a run directory's checkpoint this run's (utils.checkpoint.IDENTITY_KEYS)."""
+    """The settings that make a run directory's checkpoint this run's (training.checkpoint.IDENTITY_KEYS)."""
     def absolute(path):
         return os.path.abspath(path) if path else None
     return {'data_dir': absolute(args.data_dir), 'cls_label_path_train': absolute(args.cls_label_path_train),
@@ -200,6 +224,8 @@ def main(argv=None) -> int:
     setup_logger(None, rank)  # the run folder is written only once it is known to be this run's
     seed_everything(args.seed)  # the same seed on every rank before the model is built: the same weights
     model, train_set, data_cfg, train_loader, val_loader = build_model_and_data(args, rank, world_size)
+    n_parameters = count_parameters(model)
+    _logger.info('model %s: %d trainable parameters, %d classes', args.model, n_parameters, model.num_classes)
     ckpts = CheckpointManager(run_dir, keep=args.keep_checkpoints)
     identity = run_identity(args, data_cfg)
     resume_path, ckpt = agreed_checkpoint_to_resume(args, ckpts, identity)  # before rank 0 locks or writes
@@ -208,13 +234,13 @@ def main(argv=None) -> int:
         check_class_names(train_set.root, train_set.classes, ckpt['class_names'], f'the checkpoint {resume_path}',
                           fix=f'its labels would go to other classes; restore the folder names, or start a new run '
                               f'from its weights with --finetune {resume_path} --experiment NAME')
-    with contextlib.ExitStack() as run:
+    with contextlib.ExitStack() as lifetime:
         # Entered first, so it is restored last: a launcher's repeated SIGTERM during teardown is still only logged.
-        preemption = run.enter_context(PreemptionHandler())
+        preemption = lifetime.enter_context(PreemptionHandler())
         for loader in (train_loader, val_loader):  # persistent workers end with the run, whatever ends it
-            run.callback(loader.shutdown_workers)
+            lifetime.callback(loader.shutdown_workers)
         if rank == 0:
-            run.enter_context(RunLock(run_dir))  # a second run on this folder refuses before writing anything
+            lifetime.enter_context(RunLock(run_dir))  # a second run on this folder refuses before writing anything
         logger = setup_logger(run_dir, rank)
         if args.overwrite and resume_path is None and rank == 0:
             ckpts.remove_run_files()
@@ -246,9 +272,12 @@ def main(argv=None) -> int:
             model = checkpoint.model = paddle.DataParallel(model)
         logger.info('training %s for %d epochs: %d updates/epoch, global batch %d, data %s', args.model, args.epochs,
                     scheduler.steps_per_epoch, global_batch, data_cfg)
-        return fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, state, checkpoint,
-                   amp=amp, scaler=scaler, mixup=mixup, model_ema=model_ema, train_set=train_set,
-                   preemption=preemption, rank=rank, world_size=world_size, run_dir=run_dir)
+        run = TrainingRun(model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, amp=amp,
+                          scaler=scaler, mixup=mixup, model_ema=model_ema, train_set=train_set,
+                          train_loader=train_loader, val_loader=val_loader, checkpoint=checkpoint,
+                          preemption=preemption, n_parameters=n_parameters, rank=rank,
+                          world_size=world_size, run_dir=run_dir)
+        return fit(args, run, state)
 
 
 def build_model_and_data(args, rank: int, world_size: int):
@@ -262,8 +291,6 @@ def build_model_and_data(args, rank: int, world_size: int):
                                        drop_rate=args.drop).items() if v is not None}
     model = create_model(args.model, pretrained=args.pretrained, **overrides)
     args.num_classes = model.num_classes
-    n_params = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
-    _logger.info('model %s: %d trainable parameters, %d classes', args.model, n_params, model.num_classes)
     data_cfg, train_loader, val_loader = build_data(args, model.default_cfg, train_set, rank, world_size)
     return model, train_set, data_cfg, train_loader, val_loader
 
@@ -292,13 +319,11 @@ def build_optimization(args, model, train_loader):
     return model, optimizer, scheduler, amp, scaler
 
 
-def fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, state: TrainState,
-        checkpoint: TrainingCheckpoint, *, amp, scaler, mixup, model_ema, train_set, preemption, rank: int,
-        world_size: int, run_dir: str) -> int:
+def fit(args, run: TrainingRun, state: TrainState) -> int:
     """The epoch loop from `state` to `args.epochs`: train, evaluate, log, checkpoint; returns the exit status."""
-    trackers = build_trackers(run_dir, wandb=args.log_wandb, visualdl=args.log_visualdl,
+    model, checkpoint, rank = run.model, run.checkpoint, run.rank
+    trackers = build_trackers(run.run_dir, wandb=args.log_wandb, visualdl=args.log_visualdl,
                               wandb_project=args.wandb_project, config=vars(args)) if rank == 0 else []
-    n_params = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
 
     def position():
         return {'epoch': state.epoch, 'step_in_epoch': state.step_in_epoch, 'global_step': state.global_step}
@@ -307,57 +332,58 @@ def fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, 
         if args.save_every_steps and s.global_step % args.save_every_steps == 0 and rank == 0:
             checkpoint.save_latest(position())
 
-    replaced_before = train_set.num_replaced
+    replaced_before = run.train_set.num_replaced
     while state.epoch < args.epochs:
         epoch = state.epoch
-        train_loader.batch_sampler.set_epoch(epoch)
-        train_loader.batch_sampler.set_start_batch(state.step_in_epoch)
-        if mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            mixup.mixup_enabled = False
+        run.train_loader.batch_sampler.set_epoch(epoch)
+        run.train_loader.batch_sampler.set_start_batch(state.step_in_epoch)
+        if run.mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            run.mixup.mixup_enabled = False
         start = time.time()
         try:
-            train_stats = train_one_epoch(model, criterion, train_loader, optimizer, scheduler, state,
-                                          seed=args.seed, rank=rank, amp=amp, scaler=scaler, mixup=mixup,
-                                          update_freq=args.update_freq, model_ema=model_ema,
+            train_stats = train_one_epoch(model, run.criterion, run.train_loader, run.optimizer, run.scheduler,
+                                          state, seed=args.seed, rank=rank, amp=run.amp, scaler=run.scaler,
+                                          mixup=run.mixup, update_freq=args.update_freq, model_ema=run.model_ema,
                                           max_bad_steps=args.max_bad_steps, print_freq=args.print_freq,
-                                          on_update=on_update, stop_requested=lambda: preemption.requested)
+                                          on_update=on_update, stop_requested=lambda: run.preemption.requested)
         except NonFiniteLossError as e:
             _logger.error(str(e))
             return 2
         except StopRequested:
             if rank == 0:
-                with preemption.saving():
+                with run.preemption.saving():
                     checkpoint.save_latest(position())
             # No rank leaves before the file is on disk: the launcher kills the other ranks 3 s after one exits
             # non-zero, and a container or SLURM step kills everything once its main process is gone.
             all_reduce_sum(paddle.zeros([1]))
             _logger.warning('stopped by %s at epoch %d step %d (%d updates): %s holds this position; run the same '
-                            'command again to resume (exit status %d)', preemption.reason(), state.epoch,
+                            'command again to resume (exit status %d)', run.preemption.reason(), state.epoch,
                             state.step_in_epoch, state.global_step, checkpoint.manager.path(LATEST), EXIT_PREEMPTED)
             return EXIT_PREEMPTED
         state.epoch, state.step_in_epoch = epoch + 1, 0
-        replaced, replaced_before = train_set.num_replaced - replaced_before, train_set.num_replaced
+        replaced, replaced_before = run.train_set.num_replaced - replaced_before, run.train_set.num_replaced
         if replaced:
             _logger.warning('epoch %d: %d unreadable images were replaced by other samples (see the warnings above)',
                             epoch, replaced)
         broadcast_buffers(model)
-        if model_ema is not None:
-            broadcast_buffers(model_ema.module)
+        if run.model_ema is not None:
+            broadcast_buffers(run.model_ema.module)
         record = {'epoch': epoch, 'train_lr': train_stats.get('lr'), 'train_loss': train_stats.get('loss'),
-                  'train_images_per_s': train_loader.batch_sampler.num_batches * args.batch_size * world_size
-                  / (time.time() - start),
-                  'bad_images_replaced': replaced, 'n_parameters': n_params}
+                  'train_images_per_s': run.train_loader.batch_sampler.num_batches * args.batch_size
+                  * run.world_size / (time.time() - start),
+                  'bad_images_replaced': replaced, 'n_parameters': run.n_parameters}
         if state.epoch % args.eval_freq == 0 or state.epoch == args.epochs:
-            record.update({f'test_{k}': v for k, v in evaluate(unwrap_model(model), val_loader, amp).items()})
-            if model_ema is not None:
-                record.update({f'test_ema_{k}': v for k, v in evaluate(model_ema.module, val_loader, amp).items()})
+            record.update({f'test_{k}': v for k, v in evaluate(unwrap_model(model), run.val_loader, run.amp).items()})
+            if run.model_ema is not None:
+                ema_stats = evaluate(run.model_ema.module, run.val_loader, run.amp)
+                record.update({f'test_ema_{k}': v for k, v in ema_stats.items()})
         if rank == 0:
             checkpoint.end_epoch(position(), record, save_numbered=bool(args.save_freq)
                                  and state.epoch % args.save_freq == 0)
             record['best_acc1'] = checkpoint.best['acc1']
-            if model_ema is not None:
+            if run.model_ema is not None:
                 record['best_ema_acc1'] = checkpoint.best['ema_acc1']
-            log_json(os.path.join(run_dir, 'log.txt'), record)
+            log_json(os.path.join(run.run_dir, 'log.txt'), record)
             for tracker in trackers:
                 tracker.log(record, epoch)
         if 'test_acc1' in record:
@@ -365,13 +391,13 @@ def fit(args, model, criterion, train_loader, val_loader, optimizer, scheduler, 
                          record['test_acc5'], record['test_loss'], checkpoint.best['acc1'])
     for tracker in trackers:
         tracker.close()
-    if world_size > 1:
+    if run.world_size > 1:
         agree, checksum = weights_agree_across_ranks(model)
         if not agree:
             _logger.error('ranks ended with different weights (checksum %r on rank %d)', checksum, rank)
             return 3
-        _logger.info('weights checksum %r identical on all %d ranks', checksum, world_size)
-    _logger.info('done: best Acc@1 %.3f; files in %s', checkpoint.best['acc1'], run_dir)
+        _logger.info('weights checksum %r identical on all %d ranks', checksum, run.world_size)
+    _logger.info('done: best Acc@1 %.3f; files in %s', checkpoint.best['acc1'], run.run_dir)
     return 0
 
 

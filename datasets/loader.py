@@ -10,11 +10,11 @@ from paddle.io import DataLoader
 from paddle.tensor.random import gaussian  # the one random op with a per-call seed (0 = global generator)
 
 from utils.env import limit_worker_threads
-from utils.preemption import ignore_stop_signals
 
 from .random_erasing import RandomErasing
 from .samplers import DistributedEvalSampler, DistributedTrainSampler, RepeatedAugSampler
 from .transforms import Pipeline, ToNormalizedArray
+from .worker_signals import ignore_stop_signals
 
 # Device-side random erasing draws from its own stream per sample: the sample seed itself already
 # drives the worker's crop/flip/RandAugment draws.

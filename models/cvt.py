@@ -4,7 +4,6 @@ Paper: https://arxiv.org/abs/2103.15808, official code: https://github.com/micro
 Parameter names match the official `lib/models/cls_cvt.py` state dict, so converting released
 weights is a rename of BatchNorm statistics and a transpose of Linear weights, nothing more.
 """
-import contextlib
 import inspect
 import math
 from typing import Sequence
@@ -12,78 +11,14 @@ from typing import Sequence
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle.autograd import PyLayer
 
+from .layers import DropPath, Linear, use_fused_attn
 from .registry import register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Paddle >= 3 takes absolute cut points a/b; older lines always cut at mean +- 2 std.
 _TRUNC_NORMAL_HAS_BOUNDS = 'a' in inspect.signature(nn.initializer.TruncatedNormal).parameters
-
-
-try:  # Paddle 3 (3.3 tested): SDPA picks flash / memory-efficient / math per call from device, dtype, `scale`
-    from paddle.nn.attention import SDPBackend, sdpa_kernel
-except ImportError:  # Paddle 2.6 sends every GPU call to flash_attn (fp16/bf16 only), with no fallback
-    sdpa_kernel = None
-_fused_attn = sdpa_kernel is not None
-
-
-def use_fused_attn() -> bool:
-    """Whether attention goes through F.scaled_dot_product_attention (else an explicit softmax)."""
-    return _fused_attn
-
-
-def set_fused_attn(enable: bool) -> None:
-    """Choose the attention path, as timm's `fused_attn`: the explicit softmax is for backends without SDPA.
-    Ignored (explicit) on a Paddle whose SDPA cannot pick a kernel that fits the input (2.6)."""
-    global _fused_attn
-    _fused_attn = bool(enable) and sdpa_kernel is not None
-
-
-@contextlib.contextmanager
-def portable_attention():
-    """Trace attention into plain matmul/softmax ops, for an export that runs anywhere (Paddle Inference on
-    CPU, ONNX). Outside dygraph SDPA picks its kernel from the current device, so a trace on a GPU would hold
-    flash_attn or memory_efficient_attention ops; wrap `paddle.jit.to_static` and `paddle.jit.save` in this."""
-    if sdpa_kernel is None:  # no SDPA in the graph on this Paddle
-        yield
-    else:
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
-
-
-class _AddmmLinear(PyLayer):
-    """y = b + x @ W for 2-D x in one GEMM, with the bias gradient as a GEMV (ones @ dy). Paddle's CPU
-    broadcast add runs ~2x and its backward (a reduce over rows) ~25x slower than that GEMV."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.needs_grad = (not x.stop_gradient, not weight.stop_gradient, not bias.stop_gradient)
-        return paddle.addmm(bias, x, weight)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensor()
-        need_x, need_weight, need_bias = ctx.needs_grad
-        dx = paddle.matmul(dy, weight, transpose_y=True) if need_x else None
-        dweight = paddle.matmul(x, dy, transpose_x=True) if need_weight else None
-        dbias = paddle.matmul(paddle.ones([1, dy.shape[0]], dy.dtype), dy).reshape([-1]) if need_bias else None
-        return dx, dweight, dbias
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters and names) whose fp32 CPU dygraph path is `_AddmmLinear`; everywhere else
-    (GPU, tracing for export) it is F.linear, so exported graphs and mixed precision are unchanged. Paddle
-    switches autocast off on CPU, so the CPU path never meets AMP."""
-
-    def forward(self, x):
-        if (self.bias is None or not paddle.in_dynamic_mode() or not x.place.is_cpu_place()
-                or x.dtype != paddle.float32):
-            return F.linear(x, self.weight, self.bias)
-        out = _AddmmLinear.apply(x.reshape([-1, x.shape[-1]]), self.weight, self.bias)
-        return out.reshape(x.shape[:-1] + [out.shape[-1]])
 
 
 def _trunc_normal(param, std=0.02):
@@ -103,30 +38,6 @@ def _torch_default_conv_init(conv: nn.Conv2D):
     nn.initializer.Uniform(-bound, bound)(conv.weight)
     if conv.bias is not None:
         nn.initializer.Uniform(-bound, bound)(conv.bias)
-
-
-def drop_path(x, drop_prob: float = 0.0, training: bool = False):
-    """Stochastic depth: zero whole samples of a residual branch, rescaling the survivors."""
-    if drop_prob == 0.0 or not training:
-        return x
-    keep_prob = 1.0 - drop_prob
-    mask_shape = [x.shape[0]] + [1] * (x.ndim - 1)
-    mask = paddle.floor(keep_prob + paddle.rand(mask_shape, dtype=x.dtype))
-    return x / keep_prob * mask
-
-
-class DropPath(nn.Layer):
-    """Layer around `drop_path` ("DropPath" is timm's name for stochastic depth per sample)."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x):
-        return drop_path(x, self.drop_prob, self.training)
-
-    def extra_repr(self):
-        return f'drop_prob={self.drop_prob:.3f}'
 
 
 class QuickGELU(nn.Layer):

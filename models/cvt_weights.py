@@ -7,7 +7,7 @@ PaddleClas `.pdparams` (same names as ours), and this repo's own state dicts and
 """
 import os
 import re
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -196,12 +196,13 @@ def checkpoint_filter_fn(sd: Dict[str, np.ndarray], model_keys: Iterable[str] = 
 
 
 def load_weights(model: paddle.nn.Layer, source: str, *, key: Optional[str] = None,
-                 skip_if_mismatched: Sequence[str] = ()) -> dict:
+                 skip_if_mismatched: Sequence[str] = (), content: Any = None) -> dict:
     """Load CvT weights from a path, an http(s) URL or a known tag into `model`, checking every name and shape.
 
     `utils.weights.load_weights` with this file's tags and key conversion; see it for `key`,
-    `skip_if_mismatched` and the report returned.
+    `skip_if_mismatched`, `content` (the file already read, by a caller that needs more of it) and the
+    report returned.
     """
     report = weights.load_weights(model, resolve_source(source), key=key, convert=checkpoint_filter_fn,
-                                  skip_if_mismatched=skip_if_mismatched)
+                                  skip_if_mismatched=skip_if_mismatched, content=content)
     return dict(report, source=source)

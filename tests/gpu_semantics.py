@@ -29,7 +29,7 @@ import paddle  # noqa: E402
 import paddle.amp.grad_scaler as paddle_grad_scaler  # noqa: E402
 from paddle.autograd import PyLayer  # noqa: E402
 
-from utils.amp import GradScaler  # noqa: E402
+from training.amp import GradScaler  # noqa: E402
 
 FAULTS_ENV = 'CVT_TEST_FAULTS'
 

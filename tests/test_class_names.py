@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw
 
 from cli import label_names_for
 from tests.scripts import ROOT, one_line_error, script_main
-from utils.checkpoint import load_training_state
-from utils.config import build_train_parser
+from training.args import build_train_parser
+from training.checkpoint import load_training_state
 
 SHAPES = ('circle', 'square', 'triangle')
 PLAIN = ['--model', 'cvt_tiny', '--input_size', '32', '--crop_pct', '1', '--aa', 'none', '--reprob', '0',

@@ -1,16 +1,14 @@
-"""cli.py: one image flag under three spellings in every script, and how results are shown (table on a
-terminal, JSON when asked for or piped, the summary line)."""
-import json
+"""cli.py: one image flag under three spellings in every script, and a checkpoint read once by load_model."""
 import runpy
-import sys
 
+import numpy as np
 import pytest
 
-from cli import Classified, show_results
+from cli import load_model
+from models import create_model
 from tests.scripts import ROOT
-
-RESULTS = [{'class_ids': [7, 2], 'scores': [0.61234, 0.2], 'file_name': 'photos/a.jpg', 'label_names': []},
-           {'class_ids': [2, 7], 'scores': [0.5, 0.25], 'file_name': 'photos/long_name.png', 'label_names': []}]
+from utils import torch_pickle
+from utils.weights import save_checkpoint
 
 
 @pytest.mark.parametrize('script, required', [('predict.py', ['--model', 'cvt_tiny']),
@@ -22,25 +20,17 @@ def test_every_image_script_takes_every_spelling(script, required, flag):
     assert args.images == ['a.png', 'dir/']
 
 
-def _show(capsys, monkeypatch, results=RESULTS, skipped=('photos/bad.jpg: not a readable image (x)',),
-          on_terminal=True, json_requested=False, **kwargs):
-    monkeypatch.setattr(sys.stdout, 'isatty', lambda: on_terminal)
-    show_results(Classified(results, list(skipped), 2.0, {}), json_requested=json_requested, **kwargs)
-    return capsys.readouterr()
-
-
-def test_a_terminal_gets_an_aligned_table_with_class_ids_when_there_are_no_labels(capsys, monkeypatch):
-    shown = _show(capsys, monkeypatch)
-    assert shown.out.splitlines() == ['file                  top-1    top-2',
-                                      'photos/a.jpg          7 0.612  2 0.200',
-                                      'photos/long_name.png  2 0.500  7 0.250']
-    assert shown.err == '2 images classified, 1 skipped, in 2.0 s (1.0 img/s); JSON with --json or --output_json FILE\n'
-
-
-def test_json_goes_to_stdout_when_asked_for_piped_or_for_one_file(capsys, monkeypatch, tmp_path):
-    out = tmp_path / 'all.json'
-    asked = _show(capsys, monkeypatch, json_requested=True, output_json=str(out), notes=['benchmark: ...'])
-    assert asked.out.splitlines()[0] == 'benchmark: ...' and json.loads(asked.out.splitlines()[1]) == RESULTS
-    assert asked.err.endswith(f'JSON on stdout and in {out}\n') and json.loads(out.read_text()) == RESULTS
-    assert json.loads(_show(capsys, monkeypatch, on_terminal=False).out) == RESULTS
-    assert json.loads(_show(capsys, monkeypatch, results=RESULTS[:1], skipped=()).out) == RESULTS[:1]
+def test_load_model_reads_a_checkpoint_once_for_its_settings_and_weights(tmp_path, monkeypatch):
+    source = create_model('cvt_tiny', num_classes=3)
+    path = tmp_path / 'checkpoint-best.pd'
+    save_checkpoint({'model': source.state_dict(), 'model_ema': None, 'epoch': 2,
+                     'args': {'num_classes': 3, 'input_size': 72, 'crop_pct': 0.9, 'interpolation': 'bilinear'}},
+                    str(path))
+    unpickled = []
+    real_load = torch_pickle._RestrictedUnpickler.load
+    monkeypatch.setattr(torch_pickle._RestrictedUnpickler, 'load', lambda self: unpickled.append(1) or real_load(self))
+    model = load_model('cvt_tiny', resume=str(path))
+    assert len(unpickled) == 1  # not once for the run settings and again for the weights
+    assert model.num_classes == 3 and model.default_cfg['input_size'][-1] == 72
+    for name, value in source.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[name].numpy(), value.numpy(), err_msg=name)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from tests.test_train import PLAIN, ROOT, _alive, _descendants, _final_weights, _launch, digits  # noqa: F401
-from utils.checkpoint import LATEST, LOCK, load_training_state
+from training.checkpoint import LATEST, LOCK, load_training_state
+from utils.entrypoint import EXIT_PREEMPTED
 from utils.logger import LOG_LINE
-from utils.preemption import EXIT_PREEMPTED
 
 
 # A container's process tree: a PID namespace with its own /proc (as a container mounts one, so PIDs and
@@ -48,7 +48,7 @@ import os
 if 'PADDLE_TRAINER_ID' in os.environ:
     import time
     import utils.env
-    from utils import checkpoint
+    from training import checkpoint
 
     save = checkpoint.save_checkpoint
 

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from models import list_models
-from utils.config import build_train_parser, load_config_file, parse_args
+from training.args import build_train_parser
+from utils.config import load_config_file, parse_args
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs' / 'train' / 'cvt'
 OFFICIAL = ('cvt_13_224x224', 'cvt_13_384x384', 'cvt_21_224x224', 'cvt_21_384x384', 'cvt_w24_384x384')

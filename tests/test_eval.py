@@ -191,12 +191,12 @@ class _Loader:
 def eval_log_lines(monkeypatch):
     """The lines evaluate() logs, with the minimum interval between them removed."""
     import logging
-    from utils import evaluation
+    from training import evaluation
     monkeypatch.setattr(evaluation, 'LOG_MIN_SECONDS', 0.0)
     lines = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger('cvt.utils.evaluation')
+    logger = logging.getLogger('cvt.training.evaluation')
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)  # setLevel, not the attribute: it also clears the loggers' level caches
@@ -206,7 +206,7 @@ def eval_log_lines(monkeypatch):
 
 
 def test_eval_off_a_terminal_logs_progress_every_tenth_of_the_batches(eval_log_lines, capsys):
-    from utils.evaluation import evaluate
+    from training.evaluation import evaluate
     stats = evaluate(paddle.nn.Linear(4, 6), _Loader(20))
     assert stats['num_images'] == 40
     assert len(eval_log_lines) == 9  # every 2 of 20 batches, none after the last
@@ -216,7 +216,7 @@ def test_eval_off_a_terminal_logs_progress_every_tenth_of_the_batches(eval_log_l
 
 
 def test_eval_on_a_terminal_shows_a_bar_instead(eval_log_lines, capsys, monkeypatch):
-    from utils.evaluation import evaluate
+    from training.evaluation import evaluate
     monkeypatch.setattr(sys.stdout, 'isatty', lambda: True)
     evaluate(paddle.nn.Linear(4, 6), _Loader(20))
     assert eval_log_lines == []

@@ -13,11 +13,12 @@ import yaml
 from PIL import Image
 
 from datasets.transforms import resolve_data_cfg
+from deploy import export
+from deploy.export import check_onnx_export_available, export_inference_model
+from deploy.layout import find_model_files, read_inference_cfg
+from deploy.predictors import build_predictor
 from models import create_model
-from utils import deploy
 from tests.scripts import one_line_error, script_main
-from utils.deploy import (build_predictor, check_onnx_export_available, export_inference_model, find_model_files,
-                          read_inference_cfg)
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
@@ -156,7 +157,7 @@ def test_failed_export_leaves_the_previous_one_untouched(tmp_path, monkeypatch):
         (Path(folder) / 'inference.json').write_text('half written')
         raise OSError('disk full')
 
-    monkeypatch.setattr(deploy, '_save_static', fail_half_way)
+    monkeypatch.setattr(export, '_save_static', fail_half_way)
     with pytest.raises(OSError, match='disk full'):
         export_inference_model(model, str(out), 'cvt_tiny', data_cfg, with_softmax=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

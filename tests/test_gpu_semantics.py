@@ -12,16 +12,17 @@ import numpy as np
 import paddle
 import pytest
 
-from engine import TrainState, train_one_epoch
-from models import create_model
 from datasets.mixup import Mixup
+from models import create_model
 from tests.gpu_semantics import FAULTS_ENV, FaultyCriterion, _skip_updates, live_grad_scaler, make_o2_like
-from utils.amp import AmpConfig, decorate_o2
 from tests.host_traffic import count_host_traffic
-from utils.checkpoint import CheckpointManager, TrainingCheckpoint, load_training_state, save_checkpoint
-from utils.ema import ModelEma
-from utils.optim import build_optimizer
-from utils.scheduler import CosineScheduler
+from training.amp import AmpConfig, decorate_o2
+from training.checkpoint import CheckpointManager, TrainingCheckpoint, load_training_state
+from training.ema import ModelEma
+from training.engine import TrainState, train_one_epoch
+from training.optim import build_optimizer
+from training.scheduler import CosineScheduler
+from utils.weights import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / 'tests' / 'gpu_semantics.py')

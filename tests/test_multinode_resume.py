@@ -13,7 +13,7 @@ import pytest
 
 import train
 from tests.test_train import PLAIN, _log
-from utils.checkpoint import CheckpointManager
+from training.checkpoint import CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip('sklearn', reason='the digits dataset comes from scikit-learn (requirements-dev.txt)')

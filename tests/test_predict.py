@@ -22,7 +22,8 @@ from PIL import Image
 from datasets.transforms import build_transform, resolve_data_cfg
 from models import create_model
 from models.cvt import ConvolutionalVisionTransformer
-from cli import find_images, label_names_for, run_main
+from cli import label_names_for, run_main
+from deploy.classify import find_images
 from tests.scripts import one_line_error, without_log_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +118,21 @@ def test_predict_scores_equal_model_probabilities(image_dir, checkpoint, capsys)
     assert result['class_ids'] == list(np.argsort(-probs)[:2])
     np.testing.assert_allclose(result['scores'], probs[result['class_ids']], atol=1e-5)
     assert result['label_names'] == []
+
+
+def test_predict_amp_autocasts_as_eval_and_training_do(image_dir, checkpoint, monkeypatch, capsys):
+    seen = []
+    auto_cast = paddle.amp.auto_cast
+
+    def spy(enable=True, *args, **kwargs):
+        seen.append((enable, kwargs.get('dtype'), kwargs.get('level'), frozenset(kwargs.get('custom_black_list', ()))))
+        return auto_cast(enable, *args, **kwargs)
+    monkeypatch.setattr(paddle.amp, 'auto_cast', spy)
+    assert _main()(['--images', str(image_dir / 'grey.png'), '--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES),
+                    '--resume', str(checkpoint), '--amp']) == 0
+    assert seen == [(True, 'float16', 'O1', frozenset({'softmax', 'layer_norm'}))]  # eval's and training's black list
+    assert capsys.readouterr().err.count('has no effect on this CPU build of Paddle') == (
+        0 if paddle.is_compiled_with_cuda() else 1)
 
 
 def _wrong_variant_checkpoint(path: Path) -> Path:

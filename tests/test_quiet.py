@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip('sklearn', reason='the digits dataset comes from scikit-learn (requirements-dev.txt)')
 from tools.make_demo_dataset import write_digits_dataset  # noqa: E402
-from utils.deploy import check_onnx_export_available  # noqa: E402
+from deploy.export import check_onnx_export_available  # noqa: E402
 
 # Framework messages these scripts used to print on every run (Paddle, paddle2onnx, Polygraphy).
 NOISE = re.compile('|'.join(re.escape(m) for m in (

@@ -14,10 +14,11 @@ import paddle
 import pytest
 
 import train
-from engine import NonFiniteLossError, TrainState, train_one_epoch
-from utils.checkpoint import load_training_state
-from utils.config import build_train_parser, parse_args
-from utils.scheduler import CosineScheduler, scale_lr
+from training.args import build_train_parser
+from training.checkpoint import load_training_state
+from training.engine import NonFiniteLossError, TrainState, train_one_epoch
+from training.scheduler import CosineScheduler, scale_lr
+from utils.config import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip('sklearn', reason='the digits dataset comes from scikit-learn (requirements-dev.txt)')
@@ -205,7 +206,7 @@ class _Loader:
 
 def test_non_finite_losses_skip_steps_then_stop():
     from models import create_model
-    from utils.optim import build_optimizer
+    from training.optim import build_optimizer
     model = create_model('cvt_tiny', num_classes=2)
     before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     optimizer = build_optimizer(model, lr=1e-3)

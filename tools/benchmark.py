@@ -134,7 +134,8 @@ def _paddle_predict(backend: str, spec: dict, x) -> Callable[[], object]:
             with paddle.no_grad():
                 return model(tensor).numpy()
         return run
-    from utils.deploy import build_predictor, read_inference_cfg
+    from deploy.layout import read_inference_cfg
+    from deploy.predictors import build_predictor
     runtime, precision, onednn = DEPLOYED[backend]
     predictor = build_predictor(spec['model_dir'], read_inference_cfg(spec['model_dir']), backend=runtime,
                                 max_batch_size=len(x), enable_mkldnn=onednn, cpu_threads=spec['threads'],
@@ -147,7 +148,7 @@ def _image_probs(backend: str, spec: dict) -> Optional[List[float]]:
     whose random weights are not ours."""
     if backend == REFERENCE or not spec['image']:
         return None
-    from utils.deploy import softmax
+    from deploy.predictors import softmax
     return softmax(_paddle_predict(backend, spec, _photo_batch(spec))()).reshape(-1).tolist()
 
 
@@ -156,7 +157,7 @@ def _photo_batch(spec: dict, crops: int = 0):
     import numpy as np
     from datasets.transforms import build_transform, resolve_data_cfg
     from models import create_model
-    from cli import read_image
+    from deploy.classify import read_image
     transform = build_transform(is_train=False, **resolve_data_cfg(create_model(spec['model']).default_cfg))
     image = read_image(spec['image'])
     if not crops:
@@ -173,7 +174,7 @@ def _photo_batch(spec: dict, crops: int = 0):
 def _paddle_train_step(spec: dict, batch_size: int) -> Callable[[], float]:
     import paddle
     import paddle.nn.functional as F
-    from utils.optim import build_optimizer
+    from training.optim import build_optimizer
     x, y = _random_batch(spec, batch_size)
     model = _paddle_model(spec, training=True)
     optimizer = build_optimizer(model, opt='adamw', lr=TRAIN_LR, weight_decay=TRAIN_WEIGHT_DECAY)
@@ -261,9 +262,9 @@ def _model_spec(model_name: str, threads: int, model_dir: str, image: str) -> di
 
 def _export(spec: dict, with_onnx: bool, with_int8: bool) -> None:
     from datasets.transforms import resolve_data_cfg
-    from models.cvt import portable_attention
+    from models.layers import portable_attention
     from models.export_rewrites import rewrite_for_export
-    from utils.deploy import export_inference_model
+    from deploy.export import export_inference_model
     model = _paddle_model(spec, training=False)
     crops = _photo_batch(spec, CALIB_CROPS) if spec['image'] else _random_batch(spec, CALIB_CROPS)[0]
     calib = list(crops[:, None]) if with_int8 else None
@@ -386,7 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        for k, (d, same) in accuracy.items()},
                   median_seconds={k: {str(b): v for b, v in t.items()} for k, t in results.items()},
                   images_per_second={k: {str(b): b / v for b, v in t.items()} for k, t in results.items()})
-    from cli import report  # deferred: workers of this script must not import paddle early
+    from utils.entrypoint import report  # paddle-free, as run_main below
     report(record, args.output_json)
     return 0
 

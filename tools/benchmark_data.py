@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from utils.config import ArgumentParser, HelpFormatter  # paddle-free, as the timm side needs
+from utils.entrypoint import report  # paddle-free too
 
 # Everything below the imports above stays importable without paddle: the timm side runs this
 # file under a python that has torch and timm but not our requirements.
@@ -588,7 +589,6 @@ def main(argv=None) -> int:
     print(format_table([r for r in result['rows'] if r['pipeline'] != 'train_loader']))
     if loader_rows:
         print(format_loader_table(loader_rows))
-    from cli import report  # deferred: the timm side imports this file without paddle
     report(result, args.json)
     return 0
 

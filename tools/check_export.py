@@ -17,10 +17,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import paddle
 
-from cli import add_image_args, add_weight_args, find_images, load_model, preprocess, run_main, script_parser
+from cli import add_image_args, add_weight_args, load_model, run_main, script_parser
 from datasets.transforms import build_transform, resolve_data_cfg
+from deploy.classify import find_images, preprocess
+from deploy.layout import ONNX_FILE, read_inference_cfg
+from deploy.predictors import build_predictor, graph_to_probs, softmax
 from utils.config import add_bool
-from utils.deploy import ONNX_FILE, build_predictor, graph_to_probs, read_inference_cfg, softmax
 from utils.env import cpu_threads
 
 TOPK = 5

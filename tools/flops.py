@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 
 from cli import run_main, script_parser
-from models import create_model, list_models
+from models import count_parameters, create_model, list_models
 from models.cvt import Attention
 
 PAPER_GFLOPS = {'cvt_13_224x224': 4.5, 'cvt_13_384x384': 16.3, 'cvt_21_224x224': 7.1, 'cvt_21_384x384': 24.9,
@@ -69,8 +69,8 @@ def count_macs(model: paddle.nn.Layer, input_size: int) -> int:
 def measure(name: str, input_size: Optional[int] = None) -> Dict[str, float]:
     model = create_model(name)
     size = input_size or model.default_cfg['input_size'][-1]
-    params = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
-    return {'model': name, 'input_size': size, 'gflops': count_macs(model, size) / 1e9, 'params_m': params / 1e6,
+    return {'model': name, 'input_size': size, 'gflops': count_macs(model, size) / 1e9,
+            'params_m': count_parameters(model) / 1e6,
             'paper_gflops': PAPER_GFLOPS.get(name) if input_size in (None, size) else None}
 
 

@@ -10,7 +10,7 @@ is the job's main process (PID 1 of a container, the task of a SLURM step). Two 
   launcher's SIGTERM handler: forwarded to every rank's process group as SIGTERM, then the launcher waits
   up to 30 s for the ranks. Paddle's launcher has no SIGUSR1 handler and dies at once, and the container
   or step kills the ranks with it, mid-save.
-- The exit status is 75 (`utils.preemption.EXIT_PREEMPTED`) when a rank exited 75: train.py's ranks exit
+- The exit status is 75 (`utils.entrypoint.EXIT_PREEMPTED`) when a rank exited 75: train.py's ranks exit
   75 only once rank 0's `checkpoint-latest.pd` is on disk, so 75 means "run the same command again to
   resume". The launcher itself exits with the signal's number (15 after SIGTERM) whatever its ranks did.
 
@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.preemption import EXIT_PREEMPTED  # noqa: E402
+from utils.entrypoint import EXIT_PREEMPTED  # noqa: E402
 
 
 def launch(argv: Sequence[str]) -> int:

@@ -7,6 +7,7 @@ target; the previous file stays and no temp file is left behind.
 """
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from typing import Iterator
@@ -74,3 +75,10 @@ def _fsync(path: str) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def write_json(path: str, obj) -> None:
+    """Write `obj` as indented JSON, atomically and durably."""
+    with atomic_write(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write('\n')

@@ -1,17 +1,21 @@
-"""The one weight loader: read a weight file safely, convert its names with the model's filter, load it strictly.
+"""Weight and checkpoint files: the reader and the writer of the format, and the one strict loader.
 
 Reads torch `.pth`/`.bin` (zip or legacy), `.safetensors` and Paddle `.pdparams`/`.pd` pickles without
-torch and without plain unpickling. What names a family's published files use, and where they are,
-is the model's business (models/cvt_weights.py hands its `checkpoint_filter_fn` in as `convert`).
+torch and without plain unpickling, once: a caller that needs more of a file than its weights (a training
+checkpoint's run settings or optimizer state) reads it with `read_weight_file` and hands the content on.
+Writes state dicts and training checkpoints as `paddle.save` pickles of numpy arrays and plain values,
+atomically. What names a family's published files use, and where they are, is the model's business
+(models/cvt_weights.py hands its `checkpoint_filter_fn` in as `convert`).
 """
 import os
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
 
-from utils.logger import get_logger
-from utils.torch_pickle import load_checkpoint
+from .fileio import atomic_write
+from .logger import get_logger
+from .torch_pickle import load_checkpoint
 
 logger = get_logger(__name__)
 
@@ -45,16 +49,21 @@ def _describe_keys(obj) -> str:
     return ', '.join(repr(k) for k in list(obj)[:8]) if isinstance(obj, dict) else type(obj).__name__
 
 
-def read_state_dict(path: str, key: Optional[str] = None) -> Dict[str, np.ndarray]:
-    """Read a weight file (torch zip/legacy, safetensors, paddle pickle) into {name: array}.
+def read_weight_file(path: str) -> Any:
+    """The content of a weight or checkpoint file (torch zip/legacy, safetensors, paddle pickle), read once."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path}: no such file')
+    return _read_safetensors(path) if is_safetensors(path) else load_checkpoint(path)
+
+
+def state_dict_from(content: Any, path: str, key: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """{name: array} out of a file's content as `read_weight_file` returned it (`path` names it in errors).
 
     Args:
         key: entry of a checkpoint to use (e.g. 'model_ema'); by default a bare state dict is used
             as is, else the first of 'model', 'state_dict', 'module' that holds one.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path}: no such file')
-    obj = _read_safetensors(path) if is_safetensors(path) else load_checkpoint(path)
+    obj = content
     if key == 'model_ema' and isinstance(obj, dict) and obj.get(key) is None:  # train.py stores None without EMA
         raise KeyError(f'{path}: no EMA weights in this file (train.py keeps them with --model_ema); '
                        f'drop --use_ema to load its model weights')
@@ -70,6 +79,11 @@ def read_state_dict(path: str, key: Optional[str] = None) -> Dict[str, np.ndarra
                          f"{_describe_keys(obj)}); name the entry: --use_ema for 'model_ema', or "
                          f'tools/convert_weights.py --key ENTRY')
     return dict(obj)
+
+
+def read_state_dict(path: str, key: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """Read a weight file into {name: array}; see `state_dict_from` for `key`."""
+    return state_dict_from(read_weight_file(path), path, key)
 
 
 def _listed(names: Sequence[str], limit: int = 5) -> str:
@@ -105,13 +119,30 @@ Convert = Callable[[Dict[str, np.ndarray], Iterable[str]], Tuple[Dict[str, np.nd
 
 
 def load_weights(model: paddle.nn.Layer, path: str, *, key: Optional[str] = None, convert: Optional[Convert] = None,
-                 skip_if_mismatched: Sequence[str] = ()) -> dict:
+                 skip_if_mismatched: Sequence[str] = (), content: Any = None) -> dict:
     """Load the weight file at `path` into `model`, checking every name and shape.
 
     Args:
-        key: checkpoint entry to load (e.g. 'model_ema'); see `read_state_dict`.
+        key: checkpoint entry to load (e.g. 'model_ema'); see `state_dict_from`.
         convert: the model family's key filter (e.g. models.cvt_weights.checkpoint_filter_fn); without
             it the file must use the model's own names ('paddle' layout).
+        skip_if_mismatched: see `apply_state_dict`.
+        content: the file as `read_weight_file` returned it, when the caller has read it already.
+
+    Returns:
+        A report: path, format, loaded (count), skipped (names).
+    """
+    state_dict = state_dict_from(read_weight_file(path) if content is None else content, path, key)
+    return apply_state_dict(model, state_dict, path=path, convert=convert, skip_if_mismatched=skip_if_mismatched)
+
+
+def apply_state_dict(model: paddle.nn.Layer, state_dict: Dict[str, np.ndarray], *, path: str,
+                     convert: Optional[Convert] = None, skip_if_mismatched: Sequence[str] = ()) -> dict:
+    """Load the in-memory `state_dict` (read from `path`, which errors and logs name) into `model`, checking
+    every name and shape.
+
+    Args:
+        convert: as for `load_weights`.
         skip_if_mismatched: prefixes left at their initial values when some key under them differs in
             shape from the model (fine-tuning: re-initialise the head only when the class count changes);
             each skipped key is logged.
@@ -120,7 +151,6 @@ def load_weights(model: paddle.nn.Layer, path: str, *, key: Optional[str] = None
         A report: path, format, loaded (count), skipped (names).
     """
     expected = model.state_dict()
-    state_dict = read_state_dict(path, key=key)
     try:
         weights, fmt = convert(state_dict, expected.keys()) if convert else (state_dict, 'paddle')
     except ValueError as err:  # conversion errors name keys; add the file
@@ -148,7 +178,23 @@ def load_weights(model: paddle.nn.Layer, path: str, *, key: Optional[str] = None
     return dict(path=path, format=fmt, loaded=len(loadable), skipped=skipped)
 
 
+def to_numpy(obj: Any) -> Any:
+    """Tensors -> numpy arrays (bfloat16 widened to float32, which numpy lacks), recursively."""
+    if isinstance(obj, paddle.Tensor):
+        return (obj.astype('float32') if obj.dtype == paddle.bfloat16 else obj).numpy()
+    if isinstance(obj, dict):
+        return {k: to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_numpy(v) for v in obj)
+    return obj
+
+
+def save_checkpoint(state: Dict[str, Any], path: str) -> None:
+    """Write `state` atomically and durably: a crash or power loss mid-write leaves the previous file intact."""
+    with atomic_write(path) as tmp:
+        paddle.save(to_numpy(state), tmp)
+
+
 def save_state_dict(state_dict: dict, path: str) -> None:
     """Write {name: Tensor or array} as a `.pdparams` file atomically (temp file + rename)."""
-    from .checkpoint import save_checkpoint
     save_checkpoint(dict(state_dict), path)

@@ -6,7 +6,8 @@ import paddle
 import pytest
 
 from models import create_model, get_model_cfg, list_models
-from models.cvt import QuickGELU, drop_path
+from models.cvt import QuickGELU
+from models.layers import drop_path
 
 # Trainable parameters with 1000 classes and the number of state-dict tensors (BN stats included,
 # num_batches_tracked excluded), as the official microsoft/CvT models have them.

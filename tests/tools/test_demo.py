@@ -9,7 +9,8 @@ import pytest
 
 import tools.demo as demo
 from tests.scripts import script_main
-from utils.config import build_train_parser, parse_args
+from training.args import build_train_parser
+from utils.config import parse_args
 
 # What rank 0's worker log holds under paddle.distributed.launch (captured from a demo run, shortened).
 WORKER_LOG = """\

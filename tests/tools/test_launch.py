@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.scripts import ROOT
-from utils.preemption import EXIT_PREEMPTED
+from utils.entrypoint import EXIT_PREEMPTED
 
 pytestmark = pytest.mark.skipif(sys.platform == 'win32', reason='POSIX signals')
 
@@ -75,3 +75,13 @@ def test_launcher_flags_and_help_are_paddles():
     result = subprocess.run([sys.executable, 'tools/launch.py', '--help'], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and '--nproc_per_node' in result.stdout
+
+
+def test_the_launcher_leaves_the_ranks_cpu_threads_to_them():
+    # A rank takes CPUs / ranks on its machine unless OMP_NUM_THREADS is set (utils.env); a launcher that
+    # imported utils.env (training/ does) would set it to all CPUs for every rank it starts.
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+    code = 'import os, runpy; runpy.run_path("tools/launch.py"); print(os.environ.get("OMP_NUM_THREADS"))'
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.split() == ['None'], result.stderr[-2000:]

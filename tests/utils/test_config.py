@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from utils.config import add_bool, add_config_args, build_train_parser, dump_config, parse_args
+from training.args import build_train_parser
+from utils.config import add_bool, add_config_args, dump_config, parse_args
 
 
 def _write(tmp_path, text, name='recipe.yaml'):

@@ -50,7 +50,7 @@ _WORKER = textwrap.dedent('''
     import paddle
     from utils.distributed import (all_gather_rows, all_reduce_mean, all_reduce_sum, init_distributed,
                                    weights_agree_across_ranks)
-    from utils.metrics import SmoothedValue
+    from training.metrics import SmoothedValue
 
     rank, world = init_distributed()
     total = all_reduce_sum(paddle.to_tensor([rank + 1.0, 10.0]))

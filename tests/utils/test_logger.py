@@ -51,7 +51,7 @@ def test_console_logging_gives_project_and_root_lines_the_train_format_on_stderr
     logging.getLogger().addHandler(paddles)
     try:
         setup_console_logging()
-        get_logger('utils.evaluation').info('a project line')
+        get_logger('training.evaluation').info('a project line')
         logging.getLogger('some_library').warning('a library line')
     finally:
         logging.getLogger().removeHandler(paddles)
@@ -63,7 +63,7 @@ def test_console_logging_gives_project_and_root_lines_the_train_format_on_stderr
 
 
 def test_get_logger_is_child_of_project_logger():
-    assert get_logger('utils.optim').name == 'cvt.utils.optim'
+    assert get_logger('training.optim').name == 'cvt.training.optim'
     assert get_logger().name == 'cvt'
 
 

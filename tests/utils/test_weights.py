@@ -14,11 +14,11 @@ import pytest
 from safetensors.numpy import save_file
 
 from models import create_model
-from models.cvt import ConvolutionalVisionTransformer
 from models import cvt_weights
+from models.cvt import ConvolutionalVisionTransformer
 from models.cvt_weights import PRETRAINED_URLS, checkpoint_filter_fn, load_weights, resolve_source
 from torch_files import Storage, Tensor, write_torch_zip
-from utils.config import build_train_parser
+from training.args import build_train_parser
 from utils.download import cache_path
 from utils.weights import read_state_dict, save_state_dict
 

@@ -13,10 +13,13 @@ import paddle
 import pytest
 
 from models import create_model
-from utils.checkpoint import (BEST, LATEST, LOCK, SCHEDULE_KEYS, CheckpointManager, RunLock, differing_settings,
-                              load_optimizer_state, load_training_state, optimizer_state_by_name, save_checkpoint)
+from training.checkpoint import (BEST, LATEST, LOCK, SCHEDULE_KEYS, CheckpointManager, RunLock, TrainingCheckpoint,
+                                 differing_settings, load_optimizer_state, load_training_state,
+                                 optimizer_state_by_name)
+from training.optim import build_optimizer
+from utils import weights
 from utils.fileio import StorageError
-from utils.optim import build_optimizer
+from utils.weights import save_checkpoint
 
 
 @pytest.fixture
@@ -59,6 +62,24 @@ def test_optimizer_state_moves_to_a_model_with_other_tensor_names(tmp_path):
     _one_step(fresh, fresh_opt)
     for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-7, err_msg=name)
+
+
+def test_resume_restores_from_the_checkpoint_as_read_without_reading_it_again(tmp_path, monkeypatch):
+    paddle.seed(0)
+    model = create_model('cvt_tiny', num_classes=3)
+    optimizer = build_optimizer(model, lr=1e-3)
+    _one_step(model, optimizer)
+    position = {'epoch': 1, 'step_in_epoch': 4, 'global_step': 9}
+    path = TrainingCheckpoint(CheckpointManager(str(tmp_path)), model=model, optimizer=optimizer).save_latest(position)
+    ckpt = load_training_state(path)
+    monkeypatch.setattr(weights, 'load_checkpoint', lambda p: pytest.fail(f'{p} read a second time'))
+    fresh = create_model('cvt_tiny', num_classes=3)
+    restored = TrainingCheckpoint(CheckpointManager(str(tmp_path)), model=fresh,
+                                  optimizer=build_optimizer(fresh, lr=1e-3))
+    assert restored.load_state_dict(ckpt, path) == position
+    assert ckpt['optimizer'] == {}  # each array released as its tensor was made: the state is held once
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(fresh.state_dict()[name].numpy(), value.numpy(), err_msg=name)
 
 
 def test_unknown_parameter_in_optimizer_state_is_named():
@@ -179,7 +200,7 @@ def test_a_live_run_holds_the_directory(tmp_path):
 
 def test_a_lock_is_released_where_the_start_time_cannot_be_read(tmp_path, monkeypatch):
     # No /proc of its own (a PID namespace without --mount-proc, or not Linux): the start time is ''.
-    monkeypatch.setattr('utils.checkpoint._start_time', lambda pid: '')
+    monkeypatch.setattr('training.checkpoint._start_time', lambda pid: '')
     with RunLock(str(tmp_path)):
         assert (tmp_path / LOCK).exists()
     assert not (tmp_path / LOCK).exists()

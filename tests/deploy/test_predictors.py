@@ -17,11 +17,12 @@ try:
 except (ImportError, ValueError) as err:  # paddle2onnx 2.x refuses Paddle 2.x at import
     pytest.skip(f'ONNX export unavailable: {str(err)[:80]}', allow_module_level=True)
 
-from utils import deploy  # noqa: E402
 from cli import run_main  # noqa: E402
-from utils.deploy import build_predictor, graph_to_probs, missing_bf16_flags, read_inference_cfg  # noqa: E402
-from utils.env import cpu_summary  # noqa: E402
+from deploy import predictors  # noqa: E402
+from deploy.layout import read_inference_cfg  # noqa: E402
+from deploy.predictors import build_predictor, graph_to_probs, missing_bf16_flags  # noqa: E402
 from tests.scripts import export_tiny, one_line_error, script_main  # noqa: E402
+from utils.env import cpu_summary  # noqa: E402
 
 NUM_CLASSES = 3
 NO_BF16_CPUINFO = 'flags\t\t: fpu sse2 avx avx2 fma\n'  # a Zen 3's, as far as bf16 goes
@@ -114,8 +115,8 @@ def _infer_error(argv, capsys) -> str:
 ])
 def test_bf16_refusal_names_the_missing_cpu_flag(cpuinfo, expected, exported, monkeypatch, capsys):
     root, out = exported
-    monkeypatch.setattr(deploy, 'openvino_cpu_capabilities', lambda core: ['FP32', 'INT8'])
-    monkeypatch.setattr(deploy, 'cpu_summary', lambda: cpu_summary(cpuinfo))
+    monkeypatch.setattr(predictors, 'openvino_cpu_capabilities', lambda core: ['FP32', 'INT8'])
+    monkeypatch.setattr(predictors, 'cpu_summary', lambda: cpu_summary(cpuinfo))
     err = _infer_error(['--model_dir', str(out), '--input_file', str(root / 'images'), '--backend', 'openvino',
                         '--precision', 'bf16'], capsys)
     assert expected in err
@@ -123,7 +124,7 @@ def test_bf16_refusal_names_the_missing_cpu_flag(cpuinfo, expected, exported, mo
 
 def test_paddle_inference_bf16_refusal_names_the_missing_cpu_flag(exported, monkeypatch, capsys):
     root, out = exported
-    monkeypatch.setattr(deploy, 'cpu_summary', lambda: cpu_summary(NO_BF16_CPUINFO))
+    monkeypatch.setattr(predictors, 'cpu_summary', lambda: cpu_summary(NO_BF16_CPUINFO))
     err = _infer_error(['--model_dir', str(out), '--input_file', str(root / 'images'), '--precision', 'bf16'],
                        capsys)
     assert ('--precision bf16 is not offered on Paddle Inference: this CPU lists neither avx512_bf16 nor amx_bf16 '

@@ -5,7 +5,7 @@ import pytest
 
 from models import create_model
 from tests.host_traffic import count_host_traffic
-from utils.ema import ModelEma
+from training.ema import ModelEma
 
 BN_MEAN = 'stage1.blocks.0.attn.conv_proj_q.bn._mean'
 

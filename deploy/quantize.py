@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from .layout import INT8_ONNX_FILE, INT8_OPENVINO_FILE
+
 
 INT8_PACKAGES = 'pip install nncf openvino onnxruntime'
 
@@ -49,7 +51,6 @@ def quantize_onnx(onnx_file: str, output_dir: str, batches: List[np.ndarray]) ->
     import nncf
     import openvino
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from utils.deploy import INT8_ONNX_FILE, INT8_OPENVINO_FILE
     with _root_log_level(logging.ERROR):  # its root-logger chatter: a line per tensor, generic advice
         quantize_dynamic(onnx_file, os.path.join(output_dir, INT8_ONNX_FILE), op_types_to_quantize=['MatMul'],
                          weight_type=QuantType.QInt8)

@@ -11,7 +11,7 @@ from typing import Dict
 import paddle
 import paddle.nn as nn
 
-from .distributed import unwrap_model
+from utils.distributed import unwrap_model
 
 
 def _is_float(tensor: paddle.Tensor) -> bool:
@@ -43,7 +43,7 @@ class ModelEma:
     def update(self, model_state: Dict[str, paddle.Tensor]) -> None:
         """ema = decay * ema + (1 - decay) * model over every float entry; copy the rest.
 
-        `model_state` is the training model's state dict (under O2, `utils.amp.fp32_state_dict`, so the
+        `model_state` is the training model's state dict (under O2, `training.amp.fp32_state_dict`, so the
         average follows the fp32 master weights rather than their low-precision copies).
         """
         for name, ema_value in self.module.state_dict().items():

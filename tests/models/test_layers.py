@@ -1,4 +1,4 @@
-"""The model's alternative compute paths agree: SDPA vs explicit attention, the CPU Linear vs F.linear,
+"""The layers' alternative compute paths agree: SDPA vs explicit attention, the CPU Linear vs F.linear,
 and an export traced under `portable_attention` holds only ops every backend runs."""
 import sys
 
@@ -7,13 +7,14 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-import models.cvt as cvt
+import models.layers as layers
 from datasets.transforms import resolve_data_cfg
+from deploy.layout import read_inference_cfg
+from deploy.predictors import build_predictor
 from models import create_model
-from utils.deploy import build_predictor, read_inference_cfg
 
 needs_sdpa_kernel = pytest.mark.skipif(
-    cvt.sdpa_kernel is None, reason=f'Paddle {paddle.__version__} has no paddle.nn.attention.sdpa_kernel: '
+    layers.sdpa_kernel is None, reason=f'Paddle {paddle.__version__} has no paddle.nn.attention.sdpa_kernel: '
                                     'attention always takes the explicit path')
 
 
@@ -25,8 +26,8 @@ def _tiny(**overrides):
 @pytest.fixture
 def fused(monkeypatch):
     """set_fused_attn(flag) for one test; the module default comes back afterwards."""
-    monkeypatch.setattr(cvt, '_fused_attn', cvt._fused_attn)
-    return cvt.set_fused_attn
+    monkeypatch.setattr(layers, '_fused_attn', layers._fused_attn)
+    return layers.set_fused_attn
 
 
 @pytest.fixture
@@ -102,9 +103,9 @@ def test_sdpa_dropout_is_the_explicit_dropout_on_cpu(fused):
 
 def test_without_sdpa_kernel_attention_is_explicit(fused, sdpa_calls, monkeypatch):
     # Paddle 2.6's SDPA cannot fall back from flash_attn on a GPU (fp32, pre-SM80): never use it there.
-    monkeypatch.setattr(cvt, 'sdpa_kernel', None)
+    monkeypatch.setattr(layers, 'sdpa_kernel', None)
     fused(True)
-    assert not cvt.use_fused_attn()
+    assert not layers.use_fused_attn()
     model = _tiny()
     model.eval()
     assert model(paddle.randn([1, 3, 64, 64])).shape == [1, 5]
@@ -112,16 +113,16 @@ def test_without_sdpa_kernel_attention_is_explicit(fused, sdpa_calls, monkeypatc
 
 
 def test_default_path_is_sdpa_exactly_where_paddle_can_pick_a_kernel():
-    assert cvt.use_fused_attn() == (cvt.sdpa_kernel is not None)
+    assert layers.use_fused_attn() == (layers.sdpa_kernel is not None)
 
 
 @pytest.mark.parametrize('x_needs_grad', [True, False])
 def test_cpu_linear_matches_f_linear(monkeypatch, x_needs_grad):
     applied = []
-    real_apply = cvt._AddmmLinear.apply
-    monkeypatch.setattr(cvt._AddmmLinear, 'apply', lambda *a: applied.append(1) or real_apply(*a))
+    real_apply = layers._AddmmLinear.apply
+    monkeypatch.setattr(layers._AddmmLinear, 'apply', lambda *a: applied.append(1) or real_apply(*a))
     paddle.seed(0)
-    layer = cvt.Linear(6, 4)
+    layer = layers.Linear(6, 4)
     x = paddle.randn([2, 5, 6])
     grads = []
     for fast in (True, False):
@@ -140,14 +141,14 @@ def test_cpu_linear_matches_f_linear(monkeypatch, x_needs_grad):
 
 def test_linear_traces_as_f_linear(monkeypatch):
     # The exported graph keeps Paddle's matmul + add, which inference passes fuse; no PyLayer in it.
-    monkeypatch.setattr(cvt._AddmmLinear, 'apply', lambda *a: pytest.fail('PyLayer traced into a graph'))
+    monkeypatch.setattr(layers._AddmmLinear, 'apply', lambda *a: pytest.fail('PyLayer traced into a graph'))
     model = _tiny()
     model.eval()
     assert _trace(model)
 
 
 def test_linear_keeps_the_state_dict():
-    assert list(cvt.Linear(3, 2).state_dict()) == list(paddle.nn.Linear(3, 2).state_dict())
+    assert list(layers.Linear(3, 2).state_dict()) == list(paddle.nn.Linear(3, 2).state_dict())
 
 
 class _PickedFusedKernel(Exception):
@@ -187,24 +188,24 @@ def test_portable_attention_traces_math_ops_where_a_gpu_would_pick_flash(gpu_lik
     model.eval()
     with pytest.raises(_PickedFusedKernel, match='flash_attn'):
         _trace(model)
-    with cvt.portable_attention():
+    with layers.portable_attention():
         ops = _trace(model)
     assert {'pd_op.matmul', 'pd_op.softmax'} <= ops
     assert not [op for op in ops if 'attention' in op or 'flash' in op]
-    assert cvt.use_fused_attn()  # the context changes the kernel choice, not the path
+    assert layers.use_fused_attn()  # the context changes the kernel choice, not the path
 
 
 @needs_sdpa_kernel
 def test_export_under_portable_attention_runs_on_paddle_inference_and_onnx(gpu_like_sdpa, tmp_path):
-    from utils.deploy import export_inference_model
+    from deploy.export import export_inference_model
     onnx = all(_importable(m) for m in ('paddle2onnx', 'onnx_graphsurgeon', 'onnxruntime'))
     model = _tiny()
     model.eval()
     out = tmp_path / 'export'
-    with cvt.portable_attention():
+    with layers.portable_attention():
         export_inference_model(model, str(out), 'cvt_tiny', resolve_data_cfg(model.default_cfg), onnx=onnx)
     x = paddle.randn([2, 3, 64, 64])
-    with paddle.no_grad(), cvt.portable_attention():  # dygraph too would take the faked flash kernel
+    with paddle.no_grad(), layers.portable_attention():  # dygraph too would take the faked flash kernel
         reference = model(x).numpy()
     cfg = read_inference_cfg(str(out))
     for backend in ('paddle', 'onnxruntime') if onnx else ('paddle',):

@@ -24,14 +24,14 @@ step whatever is left when the main process exits is killed. So:
   `saving()`: there it waits until the checkpoint is on disk (writes are atomic in any case). One
   SIGINT after a SIGTERM is not that (`kill -INT` to a launch job reaches a rank after the launcher's
   SIGTERM) and is only logged;
-- DataLoader workers must outlive the signal (`ignore_stop_signals` as `worker_init_fn`): the launcher
-  signals each rank's whole process group, and Paddle's worker setup gives SIGTERM a C++ handler that
-  kills the worker, whereupon the parent's SIGCHLD handler raises `SystemError: DataLoader process ...
-  is killed by signal: Terminated` in the middle of the step or the save; a second SIGTERM arriving
-  inside that C++ handler deadlocks the worker on its shared-memory mutex, which is how workers are
-  left behind with PPID 1. They serve the parent until it ends them (the loader's `shutdown_workers`,
-  which train.py calls as the run ends), and leave on their own `WORKER_GRACE_S` after a SIGTERM if it
-  never does (an orphan's ParentWatchDog exit blocks flushing its result queue).
+- DataLoader workers must outlive the signal (datasets/worker_signals.py's `ignore_stop_signals` as
+  `worker_init_fn`): the launcher signals each rank's whole process group, and Paddle's worker setup gives
+  SIGTERM a C++ handler that kills the worker, whereupon the parent's SIGCHLD handler raises `SystemError:
+  DataLoader process ... is killed by signal: Terminated` in the middle of the step or the save; a second
+  SIGTERM arriving inside that C++ handler deadlocks the worker on its shared-memory mutex, which is how
+  workers are left behind with PPID 1. They serve the parent until it ends them (the loader's
+  `shutdown_workers`, which train.py calls as the run ends), and leave on their own `WORKER_GRACE_S` after a
+  SIGTERM if it never does (an orphan's ParentWatchDog exit blocks flushing its result queue).
 
 Paddle installs a C++ handler for SIGTERM at import (the `FatalError: Termination signal` dump);
 installing this handler after `import paddle` replaces it. Do not call `paddle.disable_signal_handler()`
@@ -40,46 +40,13 @@ after installing: it resets SIGTERM to the default action underneath Python.
 import contextlib
 import os
 import signal
-import threading
 from typing import Dict, Iterator, Optional
 
-from .logger import get_logger
+from utils.logger import get_logger
 
 _logger = get_logger(__name__)
 
-# Exit status of a run that stopped on a signal after saving checkpoint-latest.pd: re-running the
-# same command resumes it. 75 is EX_TEMPFAIL of sysexits.h ("temporary failure, retry later"), apart
-# from failures (1), the non-finite-loss stop (2), diverged ranks (3) and an unsaved Ctrl-C (130).
-EXIT_PREEMPTED = 75
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-
-
-# How long a DataLoader worker outlives a SIGTERM its parent did not follow up by shutting it down:
-# longer than the launcher's and SLURM's 30 s grace, so it never dies under a rank still saving.
-WORKER_GRACE_S = 60.0
-
-
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader `worker_init_fn` (it runs after Paddle's worker signal setup): workers keep serving
-    through stop signals until their parent shuts them down (`InlineReadDataLoader.shutdown_workers`)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _worker_sigterm)
-
-
-def _worker_sigterm(signum: int, frame) -> None:
-    # multiprocessing ends daemonic workers with SIGTERM at interpreter exit and then joins them: a parent
-    # that did not shut its loader down would wait forever, so a worker leaves on its own after a grace.
-    # Exit status 0: Paddle's SIGCHLD check in the parent raises only for workers killed or failed.
-    global _worker_exit_timer
-    if _worker_exit_timer is None:
-        _worker_exit_timer = threading.Timer(WORKER_GRACE_S, os._exit, args=(0,))
-        _worker_exit_timer.daemon = True
-        _worker_exit_timer.start()
-
-
-_worker_exit_timer: Optional[threading.Timer] = None
 
 
 class PreemptionHandler:

@@ -1,10 +1,10 @@
 """Training checkpoints: atomic writes, latest/best/numbered files, and optimizer state by parameter name.
 
-A checkpoint is one `paddle.save` pickle of numpy arrays and plain values, read back with the restricted
-unpickler of `utils.torch_pickle`. Paddle keys optimizer state by auto-generated tensor names
-(`linear_3.w_0_moment1_0`) that change with construction order; here it is stored by structured
-parameter name (`stage2.blocks.0.attn.proj_q.weight@moment1_0`), so a checkpoint resumes into any
-freshly built model of the same architecture.
+A checkpoint is one `paddle.save` pickle of numpy arrays and plain values, written and read back by
+utils/weights.py (its restricted unpickler runs no code). Paddle keys optimizer state by auto-generated
+tensor names (`linear_3.w_0_moment1_0`) that change with construction order; here it is stored by
+structured parameter name (`stage2.blocks.0.attn.proj_q.weight@moment1_0`), so a checkpoint resumes
+into any freshly built model of the same architecture.
 """
 import glob
 import os
@@ -16,10 +16,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import paddle
 
-from .distributed import unwrap_model
-from .fileio import atomic_write, storage_errors
-from .logger import get_logger
-from .torch_pickle import load_checkpoint as read_pickle
+from utils.distributed import unwrap_model
+from utils.fileio import atomic_write, storage_errors
+from utils.logger import get_logger
+from utils.weights import apply_state_dict, read_weight_file, save_checkpoint, state_dict_from, to_numpy
 
 _logger = get_logger(__name__)
 
@@ -29,17 +29,6 @@ BEST_EMA = 'checkpoint-best-ema.pd'
 LOCK = 'train.lock'
 _SEP = '@'
 _MASTER = 'fp32_master_0'  # the suffix Paddle gives a parameter's first master weight
-
-
-def to_numpy(obj: Any) -> Any:
-    """Tensors -> numpy arrays (bfloat16 widened to float32, which numpy lacks), recursively."""
-    if isinstance(obj, paddle.Tensor):
-        return (obj.astype('float32') if obj.dtype == paddle.bfloat16 else obj).numpy()
-    if isinstance(obj, dict):
-        return {k: to_numpy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_numpy(v) for v in obj)
-    return obj
 
 
 def _tensor_names(model) -> Dict[str, str]:
@@ -82,7 +71,7 @@ def convert_master_layout(state: Dict[str, Any], with_master, weights: Optional[
     O1 and fp32: none).
 
     Exact both ways, as the values do not change: a new master is the checkpoint's fp32 weight (which
-    under O2 is the master itself, see `utils.amp.fp32_state_dict`), a dropped master leaves that same
+    under O2 is the master itself, see `training.amp.fp32_state_dict`), a dropped master leaves that same
     weight on the parameter, and every moment moves to the key Paddle looks it up by (the master's name
     under O2, the parameter's otherwise). Parameters whose layout already fits are left as they are.
     """
@@ -116,10 +105,13 @@ def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Di
 
     A state saved under another AMP level is converted to this optimizer's master-weight layout first
     (`convert_master_layout`); `weights` (the checkpoint's fp32 model weights) give masters a state lacks.
+    Empties `state` as it goes: each array is released once its tensor exists, so a resume holds the
+    optimizer state once, not twice (for CvT-W24 that is gigabytes).
     """
     by_structured = {n: t for t, n in _tensor_names(model).items()}
-    state = convert_master_layout(state, {n for n, p in unwrap_model(model).named_parameters()
-                                          if _wants_master(optimizer, p)}, weights)
+    converted = convert_master_layout(state, {n for n, p in unwrap_model(model).named_parameters()
+                                              if _wants_master(optimizer, p)}, weights)
+    state.clear()  # its arrays are referenced by `converted` only now, which the loop below empties
 
     def tensor_name(structured: str) -> str:
         if structured not in by_structured:
@@ -127,7 +119,8 @@ def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Di
         return by_structured[structured]
 
     restored: Dict[str, Any] = {}
-    for key, value in state.items():
+    for key in list(converted):
+        value = converted.pop(key)
         if key == 'master_weights':
             restored[key] = {}
             for stored, array in value.items():
@@ -144,15 +137,9 @@ def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model, state: Di
     optimizer.set_state_dict(restored)
 
 
-def save_checkpoint(state: Dict[str, Any], path: str) -> None:
-    """Write `state` atomically and durably: a crash or power loss mid-write leaves the previous file intact."""
-    with atomic_write(path) as tmp:
-        paddle.save(to_numpy(state), tmp)
-
-
 def load_training_state(path: str) -> Dict[str, Any]:
     """Read a training checkpoint written by `save_checkpoint` (restricted unpickler, no code runs)."""
-    state = read_pickle(path)
+    state = read_weight_file(path)
     if not isinstance(state, dict) or 'model' not in state or 'epoch' not in state:
         raise ValueError(f'{path}: not a training checkpoint of this repo (expected model, optimizer and epoch '
                          f'entries); to start from weights only use --finetune or --pretrained')
@@ -358,9 +345,8 @@ class TrainingCheckpoint:
 
     def load_state_dict(self, ckpt: Dict[str, Any], path: str) -> Dict[str, int]:
         """Restore everything `state_dict` saved; returns the position."""
-        from .weights import load_weights
         model = unwrap_model(self.model)
-        load_weights(model, path, key='model')  # checks every name and shape
+        apply_state_dict(model, state_dict_from(ckpt, path, key='model'), path=path)  # checks every name and shape
         load_optimizer_state(self.optimizer, model, ckpt['optimizer'], weights=ckpt['model'])
         if self.scaler is not None and ckpt.get('scaler'):
             self.scaler.load_state_dict(ckpt['scaler'])

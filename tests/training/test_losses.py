@@ -3,7 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
-from utils.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from training.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 
 def _log_softmax(x):

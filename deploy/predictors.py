@@ -1,221 +1,15 @@
-"""The export directory: writing it (static graph, inference.yml, optional ONNX) and running it
-with Paddle Inference or ONNX Runtime.
-
-Layout: inference.json (Paddle 3, PIR) or inference.pdmodel (Paddle 2.x), inference.pdiparams,
-inference.yml (model name, num_classes, with_softmax, resolved eval preprocessing, label names to show,
-the training data's class names)
-and, with ONNX, model.onnx. infer.py needs nothing outside the folder.
-"""
+"""Running an export: Paddle Inference, ONNX Runtime or OpenVINO behind one callable, the checks of what
+this machine and these packages can serve, and the predictor seen as a model by the evaluation loop."""
 import os
-import shutil
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
-import yaml
 
-from utils.env import cpu_summary, dropped_output_lines
+from utils.env import cpu_summary
 
-MODEL_PREFIX = 'inference'
-MODEL_FILES = (f'{MODEL_PREFIX}.json', f'{MODEL_PREFIX}.pdmodel')  # Paddle 3 (PIR), Paddle 2.x
-CFG_FILE = f'{MODEL_PREFIX}.yml'
-ONNX_FILE = 'model.onnx'
-# export_model.py --int8: quantised copies of model.onnx, for ONNX Runtime (dynamic int8 MatMuls) and OpenVINO (IR)
-INT8_ONNX_FILE = 'model_int8.onnx'
-INT8_OPENVINO_FILE = 'openvino_int8.xml'  # weights in openvino_int8.bin
-INPUT_NAME = 'x'
-ONNX_OPSET = 17  # first opset with a native LayerNormalization
-PREPROCESS_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
-ONNX_PACKAGES = 'pip install paddle2onnx onnxruntime onnx-graphsurgeon sympy'
-# What tracing and saving print from C++ on every export of this model (glog lines, so with a varying prefix).
-STATIC_EXPORT_NOISE = (
-    # Paddle 3, on tracing an API that has an `out=` argument (softmax); none is passed here
-    'Paddle static graph(PIR) not support input out tensor for now',
-    'New Executor is Running',  # Paddle 2.6
-)
-# paddle2onnx's progress lines and its Polygraphy constant folding's, printed on every export.
-ONNX_EXPORT_NOISE = (
-    '[Paddle2ONNX] Start parsing the Paddle model file',
-    '[Paddle2ONNX] Use opset_version',
-    '[Paddle2ONNX] PaddlePaddle model is exported as ONNX format now',
-    'Try to perform constant folding on the ONNX model with Polygraphy',
-    "'colored' module is not installed",
-    '[I] Folding Constants',
-    '[I]     Total Nodes',
-    # ONNX Runtime's symbolic shape inference fails on this graph (onnxruntime installed or not); the
-    # fallback works, and the advice to install ONNX Runtime does not apply
-    'Falling back to `onnx.shape_inference`',
-    'Note that using ONNX-Runtime for shape inference may be faster',
-    'Consider installing ONNX-Runtime',
-    'ONNX model saved in',  # names the staging folder, renamed into place afterwards
-)
-
-
-def check_onnx_export_available() -> None:
-    """Fail before any work when paddle2onnx is missing (it would otherwise pip-install its helpers mid-export)
-    or unusable (paddle2onnx 2.x refuses to import under Paddle 2.x)."""
-    for module in ('paddle2onnx', 'onnx_graphsurgeon'):
-        try:
-            __import__(module)
-        except ImportError:
-            raise ValueError(f'--onnx needs {module}, which is not installed: {ONNX_PACKAGES}') from None
-        except ValueError as e:
-            raise ValueError(f'--onnx: {module} cannot run with this Paddle {paddle.__version__} '
-                             f'({str(e).splitlines()[0][:120]}); on Paddle 2.x use paddle2onnx<2') from None
-
-
-def _plain(value):
-    """Tuples and numpy scalars as YAML-safe lists and numbers."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value.item() if hasattr(value, 'item') else value
-
-
-def export_inference_model(model, output_dir: str, model_name: str, data_cfg: dict, *, batch_size: int = -1,
-                           with_softmax: bool = False, label_names: Optional[Sequence[str]] = None,
-                           class_names: Optional[Sequence[str]] = None, onnx: bool = False,
-                           calib_batches: Optional[Sequence[np.ndarray]] = None) -> List[str]:
-    """Export `model` for deployment into `output_dir`; returns the written file names. `model` is traced
-    as given: pass `models.export_rewrites.rewrite_for_export(model)` for the deployed form.
-
-    With `calib_batches` (needs `onnx`), the int8 copies of utils/quantize.py are written too.
-    `label_names` are what infer.py shows; `class_names` (the training data's, e.g. its folder names)
-    are what eval.py --model_dir checks the val folders against.
-
-    The folder is built under a temporary name next to `output_dir` and renamed into place, so a
-    failed export never leaves a half-written folder, and a previous export is replaced whole.
-    """
-    check_output_dir(output_dir)
-    if onnx:
-        check_onnx_export_available()
-    if batch_size < 1 and batch_size != -1:
-        raise ValueError(f'--batch_size must be -1 (dynamic) or >= 1, got {batch_size}')
-    output_dir = os.path.abspath(output_dir)
-    staging = os.path.join(os.path.dirname(output_dir), f'.{os.path.basename(output_dir)}.tmp{os.getpid()}')
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed export of this pid, never another's
-    os.makedirs(staging)
-    try:
-        _save_static(model, staging, data_cfg['input_size'], batch_size, with_softmax)
-        cfg = dict(model=model_name, num_classes=int(model.num_classes), with_softmax=bool(with_softmax),
-                   batch_size=int(batch_size),
-                   preprocess={k: _plain(data_cfg[k]) for k in PREPROCESS_KEYS},
-                   label_names=list(label_names) if label_names else None,
-                   class_names=list(class_names) if class_names else None,
-                   int8_calibration_images=len(calib_batches) if calib_batches else None)
-        with open(os.path.join(staging, CFG_FILE), 'w', encoding='utf-8') as f:
-            yaml.safe_dump(cfg, f, sort_keys=False, allow_unicode=True)
-        if onnx:
-            model_file, params_file = find_model_files(staging)
-            _export_onnx(model_file, params_file, os.path.join(staging, ONNX_FILE))
-        if calib_batches:
-            from utils.quantize import quantize_onnx
-            quantize_onnx(os.path.join(staging, ONNX_FILE), staging, calib_batches)
-        _swap_into_place(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return sorted(os.listdir(output_dir))
-
-
-def check_output_dir(output_dir: str) -> None:
-    """Refuse an --output that is not empty and not a previous export: replacing a folder deletes it."""
-    if os.path.exists(output_dir):
-        if not os.path.isdir(output_dir):
-            raise ValueError(f'{output_dir}: exists and is not a folder (expected an export output folder)')
-        if os.listdir(output_dir) and not os.path.isfile(os.path.join(output_dir, CFG_FILE)):
-            raise ValueError(f'{output_dir}: folder is not empty and holds no {CFG_FILE}; '
-                             f'refusing to replace it (choose a new --output)')
-
-
-class InferenceModel(paddle.nn.Layer):
-    """What is traced: the model, with softmax on top when asked."""
-
-    def __init__(self, model: paddle.nn.Layer, with_softmax: bool):
-        super().__init__()
-        self.model = model
-        self.with_softmax = with_softmax
-
-    def forward(self, x):
-        out = self.model(x)
-        return F.softmax(out, axis=-1) if self.with_softmax else out
-
-
-def _save_static(model, folder: str, input_size: Sequence[int], batch_size: int, with_softmax: bool) -> None:
-    """Trace and save the deployed graph: the whole of it happens here (one place to wrap in a context)."""
-    layer = InferenceModel(model, with_softmax)
-    layer.eval()
-    shape = [None if batch_size == -1 else batch_size] + [int(s) for s in input_size]
-    spec = [paddle.static.InputSpec(shape=shape, dtype='float32', name=INPUT_NAME)]
-    with dropped_output_lines(STATIC_EXPORT_NOISE):
-        static = paddle.jit.to_static(layer, input_spec=spec, full_graph=True)
-        paddle.jit.save(static, os.path.join(folder, MODEL_PREFIX))
-
-
-def _export_onnx(model_file: str, params_file: str, onnx_file: str) -> None:
-    import paddle2onnx
-    with dropped_output_lines(ONNX_EXPORT_NOISE):
-        paddle2onnx.export(model_file, params_file, onnx_file, opset_version=ONNX_OPSET)
-    if not os.path.isfile(onnx_file):
-        raise ValueError(f'{onnx_file}: paddle2onnx wrote no model (see its log above)')
-
-
-def _swap_into_place(staging: str, output_dir: str) -> None:
-    if not os.path.exists(output_dir):
-        os.rename(staging, output_dir)
-        return
-    retired = staging + '.old'
-    os.rename(output_dir, retired)
-    try:
-        os.rename(staging, output_dir)
-    except OSError:
-        os.rename(retired, output_dir)  # put the previous export back
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-def find_model_files(model_dir: str, model_file: Optional[str] = None,
-                     params_file: Optional[str] = None) -> Tuple[str, str]:
-    """(graph file, params file) of an export folder; explicit files win over the folder's."""
-    if model_file is None:
-        if not os.path.isdir(model_dir):
-            raise FileNotFoundError(f'{model_dir}: model folder not found (expected the output of export_model.py)')
-        candidates = [os.path.join(model_dir, name) for name in MODEL_FILES]
-        model_file = next((p for p in candidates if os.path.isfile(p)), None)
-        if model_file is None:
-            raise FileNotFoundError(f'{model_dir}: no {" or ".join(MODEL_FILES)} found '
-                                    f'(expected the output of export_model.py)')
-    elif not os.path.isfile(model_file):
-        raise FileNotFoundError(f'{model_file}: model file not found (expected a .json or .pdmodel graph)')
-    if not model_file.endswith(('.json', '.pdmodel')):
-        raise ValueError(f'{model_file}: expected a .json or .pdmodel graph file')
-    params_file = params_file or os.path.splitext(model_file)[0] + '.pdiparams'
-    if not os.path.isfile(params_file):
-        raise FileNotFoundError(f'{params_file}: parameters file not found (expected next to {model_file})')
-    return model_file, params_file
-
-
-def read_inference_cfg(model_dir: str) -> dict:
-    """inference.yml of an export folder, checked for the keys infer.py reads."""
-    path = os.path.join(model_dir, CFG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path}: not found (expected the {CFG_FILE} that export_model.py writes)')
-    with open(path, encoding='utf-8') as f:
-        cfg = yaml.safe_load(f)
-    if not isinstance(cfg, dict):
-        raise ValueError(f'{path}: expected a mapping, found {type(cfg).__name__}')
-    for key in ('model', 'num_classes', 'with_softmax', 'preprocess'):
-        if key not in cfg:
-            raise KeyError(f"{path}: missing key '{key}'")
-    missing = [k for k in PREPROCESS_KEYS if k not in (cfg['preprocess'] or {})]
-    if missing:
-        raise KeyError(f"{path}: missing key 'preprocess.{missing[0]}'")
-    for key in ('label_names', 'class_names'):
-        names = cfg.get(key)
-        if names is not None and len(names) != cfg['num_classes']:
-            raise ValueError(f"{path}: {len(names)} {key}, expected num_classes = {cfg['num_classes']}")
-    return cfg
-
+from .export import ONNX_PACKAGES
+from .layout import INPUT_NAME, INT8_ONNX_FILE, INT8_OPENVINO_FILE, ONNX_FILE, find_model_files
 
 BF16_FLAGS = ('avx512_bf16', 'amx_bf16')  # either gives bf16 math
 
@@ -406,7 +200,7 @@ def build_predictor(model_dir: str, cfg: dict, *, backend: str = 'paddle', model
 
 
 class PredictorAsModel:
-    """An exported predictor seen as utils.evaluation.evaluate() sees a model: eval(), and a call from a
+    """An exported predictor seen as training.evaluation.evaluate() sees a model: eval(), and a call from a
     paddle image batch to logits (log-probabilities for a softmax graph: same top-k, same cross-entropy)."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], cfg: dict):

@@ -5,7 +5,7 @@ import re
 import paddle
 import pytest
 
-from utils.metrics import MetricLogger, SmoothedValue, accuracy
+from training.metrics import MetricLogger, SmoothedValue, accuracy
 
 
 def test_accuracy_percent_topk():

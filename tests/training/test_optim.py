@@ -5,7 +5,7 @@ import paddle
 import pytest
 
 from models import create_model
-from utils.optim import build_optimizer, split_decay_params
+from training.optim import build_optimizer, split_decay_params
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from typing import Iterable, List, Optional, Tuple
 import paddle
 import paddle.nn as nn
 
-from .distributed import unwrap_model
-from .logger import get_logger
+from utils.distributed import unwrap_model
+from utils.logger import get_logger
 
 _logger = get_logger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import paddle
 
-from .distributed import all_reduce_sum, get_rank, get_world_size
-from .logger import get_logger
+from utils.distributed import all_reduce_sum, get_rank, get_world_size
+from utils.logger import get_logger
 
 Number = Union[int, float, paddle.Tensor]
 

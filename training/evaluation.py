@@ -7,9 +7,10 @@ from typing import Dict, Iterator
 import paddle
 import paddle.nn.functional as F
 
+from utils.distributed import all_reduce_sum, get_world_size, is_main_process
+from utils.logger import get_logger
+
 from .amp import AmpConfig
-from .distributed import all_reduce_sum, get_world_size, is_main_process
-from .logger import get_logger
 from .metrics import accuracy, terminal_progress_bar
 
 # Off a terminal a progress line comes every tenth of the batches, but never sooner than this after the

@@ -1,7 +1,7 @@
 """The training loop: one epoch of optimizer updates with AMP, accumulation, mixup and EMA.
 
 It loops and returns averages; it builds nothing, writes no files and leaves evaluation to
-`utils.evaluation.evaluate` (the same loop eval.py uses). Every decision that changes control flow
+`training.evaluation.evaluate` (the same loop eval.py uses). Every decision that changes control flow
 (skip an update, stop the run) is taken on values all ranks share, so ranks never diverge.
 """
 import contextlib
@@ -12,10 +12,10 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 import paddle
 
-from utils.amp import AmpConfig, fp32_state_dict
+from training.amp import AmpConfig, fp32_state_dict
 from utils.distributed import all_reduce_sum, get_world_size, unwrap_model
 from utils.logger import get_logger
-from utils.metrics import MetricLogger, SmoothedValue
+from training.metrics import MetricLogger, SmoothedValue
 
 _logger = get_logger(__name__)
 

@@ -4,7 +4,7 @@ import math
 import paddle
 import pytest
 
-from utils.scheduler import CosineScheduler, cosine_lr, scale_lr
+from training.scheduler import CosineScheduler, cosine_lr, scale_lr
 
 TOL = 1e-9
 
