@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     protocol.add_argument('--crop_mode', choices=('center', 'squash'),
                           help="'center': keep aspect ratio; 'squash': resize both sides")
     protocol.add_argument('--interpolation', choices=('nearest', 'bilinear', 'bicubic'), help='resize filter')
-    add_weight_args(parser, required=False)
+    add_weight_args(parser)
     deployed = parser.add_argument_group('exported model (instead of --model and weights)')
     deployed.add_argument('--model_dir', metavar='EXPORT', help='export_model.py output folder to score')
     deployed.add_argument('--backend', default='paddle', choices=BACKENDS,
@@ -73,8 +73,9 @@ def _deployed_model(args):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if not (args.model or args.model_dir):
-        raise ValueError('--model is required (or --model_dir EXPORT to score an exported model)')
+    if not (args.model or args.resume or args.pretrained or args.model_dir):
+        raise ValueError('--resume CKPT or --pretrained SRC (with --model) is required, or --model_dir EXPORT '
+                         'to score an exported model')
     if not args.model_dir and (args.backend != 'paddle' or args.precision != 'fp32'):
         raise ValueError('--backend/--precision choose how an export runs: add --model_dir EXPORT')
     check_amp(args.amp)
@@ -89,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         num_classes = model.num_classes
         data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size, crop_pct=args.crop_pct,
                                     crop_mode=args.crop_mode, interpolation=args.interpolation)
-        source = dict(model=args.model, weights=args.resume or args.pretrained, use_ema=args.use_ema)
+        source = dict(model=model.default_cfg['architecture'], weights=args.resume or args.pretrained, use_ema=args.use_ema)
     dataset = build_dataset(args.data_dir, 'val', build_transform(is_train=False, **data_cfg),
                             list_file=args.cls_label_path_val, num_classes=num_classes,
                             bad_image_policy='error')  # a skipped image would change the score

@@ -116,8 +116,7 @@ class ImageDataset(paddle.io.Dataset):
 
     def _on_bad_image(self, path: str, exc: Exception) -> None:
         if self.bad_image_policy == 'error':
-            message = (f"{path}: unreadable image ({_one_line(exc)}); "
-                       f"use bad_image_policy='skip' to replace such images")
+            message = f'{path}: unreadable image ({_one_line(exc)}); replace or remove that file'
             with self._first_error.get_lock():
                 if not self._first_error.value:
                     self._first_error.value = message.encode()[:2047]

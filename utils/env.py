@@ -81,15 +81,26 @@ def configure_cpu_runtime() -> None:
       4.4 -> 6.7 img/s.
     """
     if not os.environ.get('OMP_NUM_THREADS'):
-        os.environ['OMP_NUM_THREADS'] = str(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-                                            else os.cpu_count() or 1)
+        os.environ['OMP_NUM_THREADS'] = str(usable_cores())
     if 'MKL_DEBUG_CPU_TYPE' not in os.environ and uses_mkl_generic_path(read_cpuinfo()):
         os.environ['MKL_DEBUG_CPU_TYPE'] = '5'
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
 
 def cpu_threads() -> int:
     """The math-library thread count of this process (the default of every --cpu_threads flag)."""
     return int(os.environ['OMP_NUM_THREADS'])
+
+
+def default_num_workers(cap: int) -> int:
+    """Loader workers per process: `cap`, but no more than this machine's cores per local process
+    (`PADDLE_LOCAL_SIZE` processes under paddle.distributed.launch), and at least one."""
+    local_processes = max(1, int(os.environ.get('PADDLE_LOCAL_SIZE') or 1))
+    return max(1, min(cap, usable_cores() // local_processes))
 
 
 def _flush_all_output() -> None:

@@ -5,6 +5,7 @@ torch and without plain unpickling. What names a family's published files use, a
 is the model's business (models/cvt_weights.py hands its `checkpoint_filter_fn` in as `convert`).
 """
 import os
+import zipfile
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,6 +27,18 @@ def is_safetensors(path: str) -> bool:
         head = file.read(9)
     return path.endswith('.safetensors') or (len(head) == 9 and head[8:9] == b'{'
                                              and int.from_bytes(head[:8], 'little') < os.path.getsize(path))
+
+
+def recorded_run_args(path: str) -> dict:
+    """The training run's resolved settings a train.py checkpoint stores (its 'args' entry), or {}.
+
+    Torch zips and safetensors (released weights) carry no run settings and are not read.
+    """
+    if not os.path.isfile(path) or zipfile.is_zipfile(path) or is_safetensors(path):
+        return {}
+    state = load_checkpoint(path)
+    args = state.get('args') if isinstance(state, dict) else None
+    return args if isinstance(args, dict) else {}
 
 
 def _read_safetensors(path: str) -> Dict[str, np.ndarray]:

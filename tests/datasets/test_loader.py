@@ -116,7 +116,7 @@ def test_error_policy_raises_one_line_from_the_loader(tiny_imagefolder, noisy_tr
     bad.write_bytes(b'junk')
     ds = build_dataset(str(tiny_imagefolder), 'train', transform=noisy_transform, bad_image_policy='error')
     loader = build_loader(ds, 12, is_train=True, num_workers=0)
-    with pytest.raises(ValueError, match=f"^{bad}: unreadable image .*bad_image_policy='skip'"):
+    with pytest.raises(ValueError, match=f"^{bad}: unreadable image .*replace or remove that file$"):
         _epoch(loader, 0)
 
 
