@@ -20,7 +20,7 @@ from datasets.transforms import build_transform, resolve_data_cfg
 from utils.amp import AmpConfig
 from utils.deploy import BACKENDS, PredictorAsModel, build_predictor, read_inference_cfg
 from utils.distributed import init_distributed, is_main_process
-from utils.env import cpu_threads
+from utils.env import cpu_threads, default_num_workers
 from utils.evaluation import evaluate
 
 
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument('--cls_label_path_val', metavar='FILE',
                       help="list of 'relative/path label' lines (default: class folders in DATA_DIR/val)")
     data.add_argument('--batch_size', type=int, default=256, help='images per process and step')
-    data.add_argument('--num_workers', type=int, default=4, help='data loader worker processes per process')
+    data.add_argument('--num_workers', type=int, default=default_num_workers(4),
+                      help='data loader worker processes per process (default: 4, at most the CPU cores per process)')
     protocol = parser.add_argument_group('eval protocol (default: the variant\'s registered one)')
     protocol.add_argument('--input_size', type=int, metavar='PX', help='square input side')
     protocol.add_argument('--crop_pct', type=float, help='resize to input_size / crop_pct, then centre-crop')

@@ -19,8 +19,9 @@ from .transforms import to_rgb
 
 logger = get_logger(__name__)
 
-# The extensions torchvision's ImageFolder accepts, matched case-insensitively (ImageNet uses .JPEG).
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+# The extensions torchvision's ImageFolder accepts, matched case-insensitively (ImageNet uses .JPEG); an
+# animated .gif is read as its first frame (what PIL decodes on open).
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp', '.gif')
 BAD_IMAGE_POLICIES = ('skip', 'error')
 # More consecutive unreadable files than this means a broken mount or path, not a few bad images.
 MAX_CONSECUTIVE_BAD = 16
