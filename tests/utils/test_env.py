@@ -1,5 +1,6 @@
 """CPU runtime settings made before paddle loads: threads, MKL's AVX2 path on AMD, Pillow before paddle."""
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,19 @@ def test_import_drops_only_paddles_omp_warning():
                            capture_output=True, text=True, timeout=120)
     assert 'OMP_NUM_THREADS set to 2' in noisy.stderr  # what it guards against still happens without it
 
+
+
+def test_loader_workers_default_to_at_most_the_cores_per_local_process(monkeypatch):
+    import utils.env
+    from utils.config import build_train_parser
+    monkeypatch.setattr(utils.env, 'usable_cores', lambda: 2)
+    monkeypatch.delenv('PADDLE_LOCAL_SIZE', raising=False)
+    assert utils.env.default_num_workers(6) == 2 and utils.env.default_num_workers(1) == 1
+    monkeypatch.setenv('PADDLE_LOCAL_SIZE', '4')  # 4 ranks on 2 cores: still one worker each
+    assert utils.env.default_num_workers(6) == 1
+    monkeypatch.setattr(utils.env, 'usable_cores', lambda: 64)
+    assert utils.env.default_num_workers(6) == 6
+    monkeypatch.setattr(utils.env, 'usable_cores', lambda: 2)
+    monkeypatch.delenv('PADDLE_LOCAL_SIZE')
+    assert build_train_parser().get_default('num_workers') == 2  # train.py's 6 and eval.py's 4, on 2 cores
+    assert runpy.run_path(str(ROOT / 'eval.py'))['build_parser']().get_default('num_workers') == 2
