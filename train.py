@@ -103,7 +103,8 @@ def epoch_use_note(args, num_images: int, world_size: int) -> Optional[str]:
     unused = max(0, num_images - updates * global_batch)
     if updates < FEW_UPDATES:
         fitting = max(1, num_images // (FEW_UPDATES * world_size * args.update_freq))
-        return (f'{num_images} training images at global batch {global_batch} give {updates} updates per epoch'
+        return (f'{num_images} training images at global batch {global_batch} give {updates} '
+                f'update{"" if updates == 1 else "s"} per epoch'
                 + (f' ({unused} images left out of each epoch by drop_last)' if unused else '')
                 + f': too few to learn from; pass --batch_size {fitting} (or --min_updates_per_epoch '
                   f'{FEW_UPDATES}) for {FEW_UPDATES}')

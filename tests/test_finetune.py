@@ -48,7 +48,7 @@ def test_recipe_fits_its_batch_to_a_small_training_set(images, batch, updates):
 def test_few_updates_and_dropped_images_are_said_with_the_flags_that_help():
     args = parse_args(build_train_parser(), ['data', '--batch_size', '64'])
     note = train.epoch_use_note(args, 120, world_size=1)
-    assert note == ('120 training images at global batch 64 give 1 updates per epoch (56 images left out of each '
+    assert note == ('120 training images at global batch 64 give 1 update per epoch (56 images left out of each '
                     'epoch by drop_last): too few to learn from; pass --batch_size 12 (or --min_updates_per_epoch '
                     '10) for 10')
     assert_hint_flags_accepted('train.py', note)
@@ -91,4 +91,6 @@ def test_readme_recipe_learns_shapes_from_a_model_trained_on_digits(tmp_path, ca
     log = (run_dir / 'train.log').read_text()
     assert 'batch_size 12 (not 64): 120 training images give 10 updates per epoch' in log
     assert 'left out' not in log and 're-initialising' in log  # the digits head (10) is replaced by 3 classes
+    start = next(line for line in log.splitlines() if 'training cvt_tiny for 30 epochs' in line)
+    assert start.endswith('10 updates/epoch, global batch 12, 32px, crop_pct 0.875 center, bicubic')
     capsys.readouterr()
