@@ -100,14 +100,16 @@ def epoch_use_note(args, num_images: int, world_size: int) -> Optional[str]:
     """One line when an epoch gives few updates or leaves images out (drop_last), with the flag that helps."""
     updates = updates_per_epoch(num_images, args.batch_size, world_size, args.update_freq)
     global_batch = args.batch_size * world_size * args.update_freq
-    unused = max(0, num_images - updates * global_batch)
+    # The repeated-augmentation sampler shows a third of the images three times: it leaves out by design.
+    unused = 0 if args.repeated_aug else max(0, num_images - updates * global_batch)
     if updates < FEW_UPDATES:
         fitting = max(1, num_images // (FEW_UPDATES * world_size * args.update_freq))
+        fix = (f'pass --batch_size {fitting} (or --min_updates_per_epoch {FEW_UPDATES}) for {FEW_UPDATES}'
+               if fitting < args.batch_size else 'add training images')
         return (f'{num_images} training images at global batch {global_batch} give {updates} '
                 f'update{"" if updates == 1 else "s"} per epoch'
                 + (f' ({unused} images left out of each epoch by drop_last)' if unused else '')
-                + f': too few to learn from; pass --batch_size {fitting} (or --min_updates_per_epoch '
-                  f'{FEW_UPDATES}) for {FEW_UPDATES}')
+                + f': too few to learn from; {fix}')
     if unused:
         return (f'{unused} of {num_images} training images are left out of each epoch (drop_last keeps whole '
                 f'batches of global {global_batch}; another random subset each epoch); --batch_size sets it')

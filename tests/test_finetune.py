@@ -57,6 +57,8 @@ def test_few_updates_and_dropped_images_are_said_with_the_flags_that_help():
                            'of global 64')
     assert_hint_flags_accepted('train.py', note)
     assert train.epoch_use_note(args, 1024, world_size=1) is None
+    assert train.epoch_use_note(_recipe_args('--finetune', 'w.pd', '--batch_size', '1'), 7, world_size=1) == (
+        '7 training images at global batch 1 give 7 updates per epoch: too few to learn from; add training images')
     two_ranks = train.epoch_use_note(args, 2000, world_size=2)
     assert two_ranks.startswith('80 of 2000 training images') and 'global 128' in two_ranks
 
