@@ -96,3 +96,10 @@ def test_readme_recipe_learns_shapes_from_a_model_trained_on_digits(tmp_path, ca
     start = next(line for line in log.splitlines() if 'training cvt_tiny for 30 epochs' in line)
     assert start.endswith('10 updates/epoch, global batch 12, 32px, crop_pct 0.875 center, bicubic')
     capsys.readouterr()
+
+
+def test_start_line_names_the_preprocessing_in_words():
+    from datasets.transforms import resolve_data_cfg
+    from models import get_model_cfg
+    described = train.describe_data_cfg(resolve_data_cfg(get_model_cfg('cvt_tiny'), input_size=32))
+    assert described == '32px, crop_pct 0.875 center, bicubic'
