@@ -91,7 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         num_classes = model.num_classes
         data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size, crop_pct=args.crop_pct,
                                     crop_mode=args.crop_mode, interpolation=args.interpolation)
-        source = dict(model=model.default_cfg['architecture'], weights=args.resume or args.pretrained, use_ema=args.use_ema)
+        source = dict(model=model.default_cfg['architecture'], weights=args.resume or args.pretrained,
+                      use_ema=args.use_ema)
     dataset = build_dataset(args.data_dir, 'val', build_transform(is_train=False, **data_cfg),
                             list_file=args.cls_label_path_val, num_classes=num_classes,
                             bad_image_policy='error')  # a skipped image would change the score

@@ -1,13 +1,13 @@
 """The fine-tuning recipe on a user's own small dataset: it refuses to start without weights, fits its batch
 to the data, says when an epoch gives few updates or leaves images out, and learns (README's command)."""
 import json
+import logging
 import os
 import shlex
 
 import pytest
 
 import train
-from cli import run_main
 from tests.scripts import ROOT, assert_hint_flags_accepted, one_line_error, script_main
 from tests.shapes import write_shapes_dataset
 from utils.config import build_train_parser, parse_args
@@ -39,8 +39,18 @@ def test_finetune_none_is_the_explicit_start_from_random_weights():
 @pytest.mark.parametrize('images, batch, updates', [(120, 12, 10), (300, 30, 10), (5000, 64, 78), (7, 1, 7)])
 def test_recipe_fits_its_batch_to_a_small_training_set(images, batch, updates):
     args = _recipe_args('--finetune', 'w.pd')
-    train.fit_batch_to_data(args, images, world_size=1)
+    said = []
+    collect = logging.Handler()  # on the logger itself: the project logger need not propagate to the root
+    collect.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger('cvt.train')
+    logger.addHandler(collect)
+    try:
+        train.fit_batch_to_data(args, images, world_size=1)
+    finally:
+        logger.removeHandler(collect)
     assert args.batch_size == batch
+    assert said == ([] if batch == 64 else [f'batch_size {batch} (not 64): {images} training images give '
+                                            f'{updates} updates per epoch at --min_updates_per_epoch 10'])
     assert train.updates_per_epoch(images, args.batch_size, 1, args.update_freq) == updates
     assert train.epoch_use_note(args, images, world_size=1) is None or images in (5000, 7)
 
@@ -72,13 +82,13 @@ def _readme_command(marker: str) -> list:
 
 
 @pytest.mark.slow
-def test_readme_recipe_learns_shapes_from_a_model_trained_on_digits(tmp_path, capsys):
+def test_readme_recipe_learns_shapes_from_a_model_trained_on_digits(tmp_path):
     """The README's CPU-sized fine-tune command, paths replaced: from cvt_tiny trained briefly on the digits
     demo data to >= 90% top-1 on 3 shapes x 40 images. About a minute on 2 idle cores."""
     pytest.importorskip('sklearn', reason='the digits dataset comes from scikit-learn (requirements-dev.txt)')
     from tools.make_demo_dataset import write_digits_dataset
-    digits = write_digits_dataset(str(tmp_path / 'digits'), image_size=32) and tmp_path / 'digits'
-    assert script_main('train.py')([str(digits), '--model', 'cvt_tiny', '--input_size', '32', '--epochs', '6',
+    write_digits_dataset(str(tmp_path / 'digits'), image_size=32)
+    assert script_main('train.py')([str(tmp_path / 'digits'), '--model', 'cvt_tiny', '--input_size', '32', '--epochs', '6',
                                     '--batch_size', '32', '--lr', '2e-3', '--warmup_epochs', '1', '--mixup', '0',
                                     '--cutmix', '0', '--aa', 'none', '--reprob', '0', '--num_workers', '0',
                                     '--output', str(tmp_path), '--experiment', 'digits', '--save_freq', '0']) == 0
@@ -90,12 +100,11 @@ def test_readme_recipe_learns_shapes_from_a_model_trained_on_digits(tmp_path, ca
     run_dir = tmp_path / 'finetune_custom'
     records = [json.loads(line) for line in (run_dir / 'log.txt').read_text().splitlines()]
     assert records[-1]['best_acc1'] >= 90.0, [r['test_acc1'] for r in records]
+    assert parse_args(build_train_parser(), ['--config', str(run_dir / 'args.yaml')]).batch_size == 12
     log = (run_dir / 'train.log').read_text()
-    assert 'batch_size 12 (not 64): 120 training images give 10 updates per epoch' in log
     assert 'left out' not in log and 're-initialising' in log  # the digits head (10) is replaced by 3 classes
     start = next(line for line in log.splitlines() if 'training cvt_tiny for 30 epochs' in line)
     assert start.endswith('10 updates/epoch, global batch 12, 32px, crop_pct 0.875 center, bicubic')
-    capsys.readouterr()
 
 
 def test_start_line_names_the_preprocessing_in_words():

@@ -45,8 +45,8 @@ def test_failed_download_during_finetune_names_no_other_flag(shapes, tmp_path, m
     monkeypatch.setitem(cvt_weights.PRETRAINED_URLS, 'cvt_tiny', {'hf': 'http://127.0.0.1:9/cvt-tiny/model.bin'})
     with pytest.raises(SystemExit):
         run_main(script_main('train.py'), [shapes, '--config', 'configs/train/cvt/finetune_custom.yaml',
-                                           '--model', 'cvt_tiny', '--finetune', 'cvt_tiny', '--batch_size', '2', '--output',
-                                           str(tmp_path / 'out'), '--num_workers', '0'])
+                                           '--model', 'cvt_tiny', '--finetune', 'cvt_tiny', '--batch_size', '2',
+                                           '--output', str(tmp_path / 'out'), '--num_workers', '0'])
     message = capsys.readouterr().err
     assert 'cvt_tiny: cannot download http://127.0.0.1:9/cvt-tiny/model.bin' in message
     assert '--pretrained' not in message  # train.py's --pretrained loads strictly: not what --finetune does
@@ -59,7 +59,8 @@ def test_checkpoint_of_another_model_says_which_model_it_is(script, shapes, tiny
             'predict.py': ['--images', os.path.join(shapes, 'val', 'circle', '000.png')],
             'export_model.py': ['--output', str(tmp_path / 'export')]}[script]
     line = one_line_error(script, [*argv, '--model', 'cvt_21_224x224', '--resume', str(tiny_run_checkpoint)], capsys)
-    assert line == f'error: {tiny_run_checkpoint}: this checkpoint is cvt_tiny, not cvt_21_224x224: pass --model cvt_tiny'
+    assert line == (f'error: {tiny_run_checkpoint}: this checkpoint is cvt_tiny, not cvt_21_224x224: '
+                    f'pass --model cvt_tiny')
     assert_hint_flags_accepted(script, line)
 
 

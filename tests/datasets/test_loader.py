@@ -123,7 +123,8 @@ def test_error_policy_raises_one_line_from_the_loader(tiny_imagefolder, noisy_tr
 def test_loader_argument_errors(train_set):
     with pytest.raises(ValueError, match='eval loader: repeated_aug, drop_last and update_freq must be off'):
         build_loader(train_set, 4, is_train=False, drop_last=True)
-    with pytest.raises(ValueError, match=r'12 images give no batch of 16 on each of 1 rank\(s\) .*; lower --batch_size or add images'):
+    with pytest.raises(ValueError, match=r'12 images give no batch of 16 on each of 1 rank\(s\) .*; '
+                                         r'lower --batch_size or add images'):
         build_loader(train_set, 16, is_train=True)
 
 
