@@ -53,6 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.calib_images:
         raise ValueError('--calib_images is read only with --int8')
     model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
+    name = model.default_cfg['architecture']  # --model, or the one the checkpoint records
     data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size)
     label_names = label_names_for(model.num_classes, args.label_list, model.class_names)
     calib_batches = None
@@ -61,11 +62,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         calib_batches = [preprocess([path], transform)
                          for path in spread_evenly(find_images([args.calib_images]), args.calib_count)]
     with portable_attention():  # matmul/softmax in the graph, whatever device traces it
-        files = export_inference_model(rewrite_for_export(model), args.output, args.model, data_cfg,
+        files = export_inference_model(rewrite_for_export(model), args.output, name, data_cfg,
                                        batch_size=args.batch_size, with_softmax=args.with_softmax,
                                        label_names=label_names, class_names=model.class_names, onnx=args.onnx,
                                        calib_batches=calib_batches)
-    print(json.dumps({'output': args.output, 'files': files, 'model': args.model,
+    print(json.dumps({'output': args.output, 'files': files, 'model': name,
                       'num_classes': model.num_classes, 'input_size': list(data_cfg['input_size'])}))
     return 0
 

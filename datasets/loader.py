@@ -181,8 +181,8 @@ def build_loader(dataset, batch_size: int, *, is_train: bool, num_replicas: int 
     else:
         batch_sampler = DistributedEvalSampler(len(dataset), batch_size, num_replicas, rank)
     if is_train and len(batch_sampler) == 0:
-        groups, knobs = (f' in groups of update_freq={update_freq}', 'batch_size or update_freq') if update_freq > 1 \
-            else ('', 'batch_size')
+        groups, knobs = (f' in groups of update_freq={update_freq}', '--batch_size or --update_freq') \
+            if update_freq > 1 else ('', '--batch_size')  # train.py's flags: only training drops last batches
         raise ValueError(f'{len(dataset)} images give no batch of {batch_size}{groups} on each of {num_replicas} '
                          f'rank(s) with drop_last={drop_last}; lower {knobs} or add images')
     dataset, device_stage = _uint8_transfer(dataset) if uint8_transfer else (dataset, None)

@@ -22,10 +22,17 @@ def list_models() -> List[str]:
     return sorted(_MODELS)
 
 
+def similar_models(name: str) -> List[str]:
+    """Registered names `name` most likely meant: those it begins (`cvt_13` -> both cvt_13 sizes), else
+    the closest spellings."""
+    extending = [m for m in list_models() if m.startswith(name)]
+    return extending or difflib.get_close_matches(name, _MODELS, n=2)
+
+
 def _check_name(name: str) -> None:
     if name not in _MODELS:
-        close = difflib.get_close_matches(name, _MODELS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ''
+        close = similar_models(name)
+        hint = f" (did you mean {' or '.join(repr(m) for m in close)}?)" if close else ''
         raise ValueError(f"unknown model '{name}'{hint}; available: {', '.join(list_models())}")
 
 

@@ -13,8 +13,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
+from .env import default_num_workers
 from .fileio import atomic_write
 
+# `finetune: required` in a recipe: train.py refuses to start until --finetune names weights (or 'none').
+FINETUNE_REQUIRED = 'required'
 # Parser plumbing, never a recipe key: a config file cannot name another config file.
 _PLUMBING = ('config', 'opts')
 _INVALID = object()  # "does not fit the flag" (None is a legitimate, nullable value)
@@ -99,7 +102,11 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="eval resizes to input_size / crop_pct, then centre-crops (default: the model's)")
     g.add_argument('--batch_size', type=int, default=256,
                    help='images per process and step; global batch = batch_size x world size x update_freq')
-    g.add_argument('--num_workers', type=int, default=6, help='data loader worker processes per GPU')
+    g.add_argument('--min_updates_per_epoch', type=int, default=0, metavar='N',
+                   help='lower --batch_size when the training set is too small for N optimizer updates per '
+                        'epoch (small fine-tuning sets); 0: keep --batch_size')
+    g.add_argument('--num_workers', type=int, default=default_num_workers(6),
+                   help='data loader worker processes per GPU (default: 6, at most the CPU cores per process)')
     add_bool(g, 'use_shared_memory', True,
              'pass batches from loader workers through shared memory (turn off when /dev/shm is small)')
     g.add_argument('--bad_image_policy', default='skip', choices=('skip', 'error'),
@@ -110,9 +117,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--model', default='cvt_13_224x224', help='registered model name (models.list_models())')
     g.add_argument('--pretrained', default=None, metavar='WEIGHTS',
                    help='weights (path or known tag) loaded before training; all keys and shapes must match')
-    g.add_argument('--finetune', default=None, metavar='WEIGHTS',
+    g.add_argument('--finetune', type=optional_str, default=None, metavar='WEIGHTS',
                    help='weights to start a new run from; the head is re-initialised when its shape differs '
-                        'from --num_classes; optimizer state and epoch are not taken over')
+                        'from --num_classes; optimizer state and epoch are not taken over. A recipe with '
+                        f"'finetune: {FINETUNE_REQUIRED}' needs it; 'none' trains such a recipe from random weights")
     g.add_argument('--num_classes', type=int, default=None,
                    help='classifier outputs (default: the number of classes in the training data)')
 

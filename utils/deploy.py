@@ -16,6 +16,7 @@ import paddle.nn.functional as F
 import yaml
 
 from utils.env import cpu_summary, dropped_output_lines
+from utils.fileio import storage_errors
 
 MODEL_PREFIX = 'inference'
 MODEL_FILES = (f'{MODEL_PREFIX}.json', f'{MODEL_PREFIX}.pdmodel')  # Paddle 3 (PIR), Paddle 2.x
@@ -94,7 +95,8 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
     output_dir = os.path.abspath(output_dir)
     staging = os.path.join(os.path.dirname(output_dir), f'.{os.path.basename(output_dir)}.tmp{os.getpid()}')
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed export of this pid, never another's
-    os.makedirs(staging)
+    with storage_errors(output_dir):  # a read-only folder names --output, not the staging folder
+        os.makedirs(staging)
     try:
         _save_static(model, staging, data_cfg['input_size'], batch_size, with_softmax)
         cfg = dict(model=model_name, num_classes=int(model.num_classes), with_softmax=bool(with_softmax),

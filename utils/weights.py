@@ -5,7 +5,8 @@ torch and without plain unpickling. What names a family's published files use, a
 is the model's business (models/cvt_weights.py hands its `checkpoint_filter_fn` in as `convert`).
 """
 import os
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+import zipfile
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -26,6 +27,23 @@ def is_safetensors(path: str) -> bool:
         head = file.read(9)
     return path.endswith('.safetensors') or (len(head) == 9 and head[8:9] == b'{'
                                              and int.from_bytes(head[:8], 'little') < os.path.getsize(path))
+
+
+def recorded_run(path: str) -> Tuple[dict, Optional[List[str]]]:
+    """(resolved settings, class names) of the training run a train.py checkpoint stores (its 'args' and
+    'class_names' entries), or ({}, None).
+
+    A checkpoint carries its run's model, class count, eval preprocessing and class names this way, so
+    eval, predict and export use what training used without repeating flags, whatever the file is called
+    or where it lies. Torch zips and safetensors (released weights) carry neither and are not read.
+    """
+    if not os.path.isfile(path) or zipfile.is_zipfile(path) or is_safetensors(path):
+        return {}, None
+    state = load_checkpoint(path)
+    if not isinstance(state, dict):
+        return {}, None
+    args, names = state.get('args'), state.get('class_names')
+    return (args if isinstance(args, dict) else {}), (list(names) if isinstance(names, (list, tuple)) else None)
 
 
 def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
