@@ -105,16 +105,22 @@ def _loader_workers():
     return [p for p in multiprocessing.active_children() if p.is_alive()]
 
 
+def _served_by_both(batches):
+    # Workers take batches in turn: once each served one, both run with their worker_init_fn's handlers (a
+    # SIGTERM before that meets Paddle's, which kills the worker).
+    assert [next(batches).numpy()[:, 0].tolist() for _ in range(2)] == [[0, 1], [2, 3]]
+
+
 def test_loader_workers_serve_through_a_sigterm_until_ended():
     batches = iter(paddle.io.DataLoader(_Numbers(), batch_size=2, num_workers=2, worker_init_fn=ignore_stop_signals))
     try:
-        assert next(batches).numpy()[:, 0].tolist() == [0, 1]
+        _served_by_both(batches)
         workers = _loader_workers()
         assert len(workers) == 2
         for worker in workers:  # as the launcher's killpg or SLURM's signal to every process delivers it
             os.kill(worker.pid, signal.SIGTERM)
         time.sleep(0.5)
-        assert next(batches).numpy()[:, 0].tolist() == [2, 3]  # no SystemError: the next batch, in order
+        assert next(batches).numpy()[:, 0].tolist() == [4, 5]  # no SystemError: the next batch, in order
     finally:
         batches._try_shutdown_all()  # what the loader's shutdown_workers() calls
     assert _loader_workers() == []
@@ -125,7 +131,7 @@ def test_loader_workers_leave_on_their_own_if_never_ended(monkeypatch):
     monkeypatch.setattr(preemption, 'WORKER_GRACE_S', 0.5)  # forked workers inherit it
     batches = iter(paddle.io.DataLoader(_Numbers(), batch_size=2, num_workers=2, worker_init_fn=ignore_stop_signals))
     try:
-        next(batches)
+        _served_by_both(batches)
         workers = _loader_workers()
         for worker in workers:
             os.kill(worker.pid, signal.SIGTERM)
