@@ -102,11 +102,13 @@ class InlineReadDataLoader(DataLoader):
         iterator, self._workers_iterator, self._iterator = self._workers_iterator, None, None
         if iterator is None:
             return
-        iterator._try_shutdown_all(WORKER_SHUTDOWN_S)
-        for worker in iterator._workers:
-            if worker.is_alive():
-                worker.kill()
-                worker.join()
+        try:
+            iterator._try_shutdown_all(WORKER_SHUTDOWN_S)
+        finally:  # also when that raises (a worker that died, a second Ctrl-C while waiting)
+            for worker in iterator._workers:
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join()
 
     def __del__(self):
         # At interpreter shutdown no thread can start, and ending Paddle's workers starts one (a queue's
