@@ -4,6 +4,7 @@ worker left), and their workers end when the script is killed outright.
 predict.py and infer.py read their images in the main process (cli.classify_images): no workers there.
 Each script runs as a subprocess whose workers record their PIDs; a hang fails the test at its timeout.
 """
+import glob
 import os
 import shutil
 import signal
@@ -140,6 +141,9 @@ class _Script:
             except ProcessLookupError:
                 pass
         self.proc.wait()
+        for pid in [self.proc.pid, *self.workers()]:  # the batches a killed process had in shared memory
+            for path in glob.glob(f'/dev/shm/paddle_{pid}_*'):
+                os.remove(path)
 
 
 @pytest.fixture
