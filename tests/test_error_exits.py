@@ -29,7 +29,7 @@ TRAIN = ['--model', 'cvt_tiny', '--input_size', '32', '--crop_pct', '1', '--aa',
          '--mixup', '0', '--cutmix', '0', '--no_amp', '--num_workers', '2', '--batch_size', '4', '--lr', '1e-3',
          '--warmup_epochs', '0', '--experiment', 'run']
 
-# Runs `script` as its CLI would, after `PATCH` (python source), with each loader worker writing its PID
+# Runs `script` as its CLI would, after `patch` (Python source), with each loader worker writing its PID
 # into the folder `pids` as it starts.
 _LAUNCH = '''
 import os, runpy, sys
@@ -65,6 +65,7 @@ def slow_report(*args, **kwargs):
     time.sleep(RUN_TIMEOUT_S)
 cli.report = slow_report
 '''.replace('RUN_TIMEOUT_S', str(RUN_TIMEOUT_S))
+
 
 def _write_images(folder: Path, count: int, rng) -> None:
     folder.mkdir(parents=True)
@@ -180,7 +181,7 @@ def test_eval_exits_on_an_unreadable_image(run_script, data_dir, checkpoint, tmp
     assert len(script.workers()) == 2 and script.workers_left() == []
 
 
-def test_eval_exits_on_ctrl_c_after_the_pass(run_script, data_dir, checkpoint, tmp_path):
+def test_eval_exits_on_ctrl_c_after_the_pass(run_script, data_dir, checkpoint):
     script = run_script('eval.py', [data_dir, '--model', 'cvt_tiny', '--num_classes', '2', '--resume', checkpoint,
                                     '--input_size', '32', '--num_workers', '2'], patch=_SLOW_REPORT)
     reporting = script.pids.parent / 'reporting'
@@ -192,6 +193,7 @@ def test_eval_exits_on_ctrl_c_after_the_pass(run_script, data_dir, checkpoint, t
     status, err = script.finish()
     assert (status, err) == (130, ['interrupted']), err
     assert len(script.workers()) == 2 and script.workers_left() == []
+
 
 def test_train_exits_on_a_full_disk(run_script, data_dir, tmp_path):
     script = run_script('train.py', [data_dir, '--output', tmp_path / 'out', *TRAIN, '--epochs', '2'],
