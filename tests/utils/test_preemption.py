@@ -140,3 +140,16 @@ def test_loader_workers_leave_on_their_own_if_never_ended(monkeypatch):
         assert [worker.exitcode for worker in workers] == [0, 0]
     finally:
         batches._try_shutdown_all()  # what the loader's shutdown_workers() calls
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='the parent-death signal is Linux only')
+def test_a_worker_whose_parent_died_before_the_prctl_leaves(monkeypatch):
+    fork = multiprocessing.get_context('fork')
+    served = fork.Process(target=preemption.end_with_parent)
+    served.start()
+    served.join(timeout=60)
+    monkeypatch.setattr(os, 'getppid', lambda: 1)  # as after the parent's death: reparented to init
+    orphan = fork.Process(target=preemption.end_with_parent)
+    orphan.start()
+    orphan.join(timeout=60)
+    assert (served.exitcode, orphan.exitcode) == (0, 1)  # no parent-death signal would ever come for the orphan
