@@ -76,6 +76,8 @@ def _worker_sigterm(signum: int, frame) -> None:
 _worker_exit_timer: Optional[threading.Timer] = None
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Looked up here, in the parent: a forked child must not dlopen (another thread may hold the loader's lock).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith('linux') else None
 
 
 def end_with_parent() -> None:
@@ -85,9 +87,9 @@ def end_with_parent() -> None:
     The signal comes when the thread that started the child ends: start workers from the main thread.
     """
     parent = multiprocessing.parent_process()
-    if parent is None or not sys.platform.startswith('linux'):
+    if parent is None or _prctl is None:
         return
-    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+    if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG) failed')
     if os.getppid() != parent.pid:  # the parent died between the fork and the prctl: no signal will come
         os._exit(1)
