@@ -30,16 +30,21 @@ step whatever is left when the main process exits is killed. So:
   is killed by signal: Terminated` in the middle of the step or the save; a second SIGTERM arriving
   inside that C++ handler deadlocks the worker on its shared-memory mutex, which is how workers are
   left behind with PPID 1. They serve the parent until it ends them (the loader's `shutdown_workers`,
-  which train.py calls as the run ends), and leave on their own `WORKER_GRACE_S` after a SIGTERM if it
-  never does (an orphan's ParentWatchDog exit blocks flushing its result queue).
+  which train.py calls as the run ends and the loader's exit hook at any exit), and leave on their own
+  `WORKER_GRACE_S` after a SIGTERM if it never does (an orphan's ParentWatchDog exit blocks flushing its
+  result queue). A parent that dies outright (SIGKILL, the OOM killer) takes them with it
+  (`end_with_parent`, the kernel's parent-death signal).
 
 Paddle installs a C++ handler for SIGTERM at import (the `FatalError: Termination signal` dump);
 installing this handler after `import paddle` replaces it. Do not call `paddle.disable_signal_handler()`
 after installing: it resets SIGTERM to the default action underneath Python.
 """
 import contextlib
+import ctypes
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 from typing import Dict, Iterator, Optional
 
@@ -80,6 +85,25 @@ def _worker_sigterm(signum: int, frame) -> None:
 
 
 _worker_exit_timer: Optional[threading.Timer] = None
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Looked up here, in the parent: a forked child must not dlopen (another thread may hold the loader's lock).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith('linux') else None
+
+
+def end_with_parent() -> None:
+    """In a multiprocessing child (a DataLoader worker): have the kernel SIGKILL this process when its parent
+    dies, which no signal handler can catch (Linux; elsewhere nothing).
+
+    The signal comes when the thread that started the child ends: start workers from the main thread.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or _prctl is None:
+        return
+    if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG) failed')
+    if os.getppid() != parent.pid:  # the parent died between the fork and the prctl: no signal will come
+        os._exit(1)
 
 
 class PreemptionHandler:

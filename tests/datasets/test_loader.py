@@ -2,12 +2,15 @@
 persistent workers, uint8 transfer with normalisation and random erasing on the device."""
 import gc
 import os
+import signal
+import threading
 import time
 
 import numpy as np
 import paddle
 import pytest
 
+from datasets import loader as loader_module
 from datasets.imagenet import build_dataset
 from datasets.loader import NormalizeOnDevice, build_loader
 from datasets.random_erasing import RandomErasing
@@ -298,3 +301,32 @@ def test_normalize_on_device_erases_boxes_with_the_mode_fill(mode):
         assert x[erased].std() > 0.5
     np.testing.assert_array_equal(stage(images, sample_seeds=[11, 12]).numpy(), x)
     assert not np.array_equal(stage(images, sample_seeds=[12, 11]).numpy(), x)
+
+
+class _StuckAfter(_Pids):
+    """The first `readable` samples are the reading process's pid; reading any later one never returns."""
+
+    def __init__(self, size, readable):
+        super().__init__(size)
+        self.readable = readable
+
+    def __getitem__(self, index):
+        if index >= self.readable:
+            time.sleep(3600)  # a read from a hung network file system
+        return super().__getitem__(index)
+
+
+def test_shutdown_kills_a_worker_stuck_in_a_read(monkeypatch):
+    monkeypatch.setattr(loader_module, 'WORKER_SHUTDOWN_S', 0.5)
+    loader = build_loader(_StuckAfter(8, readable=2), 1, is_train=False, num_workers=2)
+    batches = iter(loader)
+    workers = {int(next(batches)[0].numpy()[0, 0]) for _ in range(2)}  # one each; then both are stuck
+    shutdown = threading.Thread(target=loader.shutdown_workers, daemon=True)
+    shutdown.start()
+    shutdown.join(timeout=60)
+    try:
+        assert not shutdown.is_alive(), 'shutdown_workers waits for a worker that never reads its stop token'
+        assert len(workers) == 2 and _wait_ended(workers)
+    finally:
+        for pid in filter(_running, workers):
+            os.kill(pid, signal.SIGKILL)
