@@ -7,7 +7,7 @@ weights is a rename of BatchNorm statistics and a transpose of Linear weights, n
 import contextlib
 import inspect
 import math
-from typing import Sequence
+from typing import List, Sequence, Union
 
 import paddle
 import paddle.nn as nn
@@ -332,18 +332,121 @@ class ConvolutionalVisionTransformer(nn.Layer):
         return {f'stage{i}.cls_token' for i in range(self.num_stages)}
 
     def forward_features(self, x):
+        """Pre-logits features (B, C): the normed stage-3 cls token, or the normed mean token without one."""
         cls_token = None
         for i in range(self.num_stages):
             x, cls_token = getattr(self, f'stage{i}')(x)
+        return self._pool(x, cls_token)
+
+    def _pool(self, x, cls_token):
         if self.use_cls_token:
             return self.norm(cls_token).squeeze(1)  # (B, C); squeeze(1) keeps batch size 1 intact
         return self.norm(x.flatten(2).transpose([0, 2, 1])).mean(axis=1)
 
-    def forward_head(self, x):
-        return self.head(x)
+    def forward_head(self, x, pre_logits: bool = False):
+        """Logits from `forward_features`' output; with `pre_logits` that output itself, as timm has it."""
+        return x if pre_logits else self.head(x)
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
+
+    @property
+    def feature_info(self) -> List[dict]:
+        """Per stage, as timm's `feature_info`: channels, stride against the input and the layer's name."""
+        return _feature_info(self)
+
+    def forward_intermediates(self, x, indices: Union[int, Sequence[int], None] = None, norm: bool = False,
+                              output_fmt: str = 'NCHW', intermediates_only: bool = False):
+        """Stage maps (strides 4/8/16) of the stages in `indices` (an int n: the last n; default: all),
+        each (B, C, H, W) or with `output_fmt='NHWC'` (B, H, W, C); with `norm`, the final LayerNorm is
+        applied to the last stage's map. Unless `intermediates_only`, returns (forward_features' output,
+        maps) from the same pass: `forward_head` of the first is the model's logits."""
+        take = _take_indices(self.num_stages, indices)
+        maps, x, cls_token = _stage_maps(self, x, take, norm=self.norm if norm else None, output_fmt=output_fmt,
+                                         stop_early=intermediates_only)
+        return maps if intermediates_only else (self._pool(x, cls_token), maps)
+
+    def get_classifier(self) -> nn.Layer:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised head for `num_classes` outputs (0: no head, forward gives features)."""
+        self.num_classes = num_classes
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.apply(self._init_weights)
+        if hasattr(self, 'default_cfg'):
+            self.default_cfg['num_classes'] = num_classes
+
+
+OUTPUT_FORMATS = ('NCHW', 'NHWC')
+
+
+def _check_output_fmt(output_fmt: str) -> str:
+    if output_fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"output_fmt: expected one of {', '.join(OUTPUT_FORMATS)}, got '{output_fmt}'")
+    return output_fmt
+
+
+def _feature_info(model) -> List[dict]:
+    reduction, info = 1, []
+    for i in range(model.num_stages):
+        embed = getattr(model, f'stage{i}').patch_embed.proj
+        reduction *= embed._stride[0]
+        info.append(dict(num_chs=embed.weight.shape[0], reduction=reduction, module=f'stage{i}'))
+    return info
+
+
+def _take_indices(num_stages: int, indices: Union[int, Sequence[int], None], name: str = 'indices') -> List[int]:
+    """Sorted stage indices from None (all), an int n (the last n) or a list (negative counts from the end)."""
+    if indices is None:
+        return list(range(num_stages))
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f'{name}: expected 1..{num_stages} (the last n stages), got {indices}')
+        return list(range(num_stages - indices, num_stages))
+    indices = list(indices)
+    if not indices or any(not -num_stages <= i < num_stages for i in indices) \
+            or len({i % num_stages for i in indices}) != len(indices):
+        raise ValueError(f'{name}: expected distinct stage indices in -{num_stages}..{num_stages - 1}, '
+                         f'got {indices}')
+    return sorted(i % num_stages for i in indices)
+
+
+def _stage_maps(model, x, take: Sequence[int], norm=None, output_fmt: str = 'NCHW', stop_early: bool = False):
+    """Run `model`'s stages (attributes stage0.. of a CvT or a CvTFeatures); returns (the maps of the stages in
+    `take`, the last stage run's map and cls token). `norm` (a LayerNorm) is applied to the last stage's map."""
+    _check_output_fmt(output_fmt)
+    last = take[-1] if stop_early else model.num_stages - 1
+    maps, cls_token = [], None
+    for i in range(last + 1):
+        x, cls_token = getattr(model, f'stage{i}')(x)
+        if i in take:
+            out = x
+            if norm is not None and i == model.num_stages - 1:
+                out = norm(out.transpose([0, 2, 3, 1])).transpose([0, 3, 1, 2])  # over channels
+            maps.append(out.transpose([0, 2, 3, 1]) if output_fmt == 'NHWC' else out)  # (B, H, W, C)
+    return maps, x, cls_token
+
+
+class CvTFeatures(nn.Layer):
+    """A CvT as a multi-scale backbone (`create_model(..., features_only=True)`): forward gives the maps of
+    the stages in `out_indices`, (B, C, H, W) at strides 4/8/16. It keeps the stages it needs (their
+    parameter names unchanged, so its state dict is a subset of the classifier's) and drops norm and head."""
+
+    def __init__(self, model: ConvolutionalVisionTransformer, out_indices: Sequence[int] = (0, 1, 2),
+                 output_fmt: str = 'NCHW'):
+        super().__init__()
+        self.out_indices = _take_indices(model.num_stages, out_indices, 'out_indices')
+        self.output_fmt = _check_output_fmt(output_fmt)
+        self.num_stages = self.out_indices[-1] + 1
+        for i in range(self.num_stages):
+            setattr(self, f'stage{i}', getattr(model, f'stage{i}'))
+        self.feature_info = [info for i, info in enumerate(_feature_info(model)) if i in self.out_indices]
+        self.default_cfg = dict(getattr(model, 'default_cfg', {}), num_classes=0)
+        self.num_classes = 0
+
+    def forward(self, x):
+        return _stage_maps(self, x, self.out_indices, output_fmt=self.output_fmt)[0]
 
 
 def _cfg(size: int, **kwargs) -> dict:
