@@ -249,6 +249,34 @@ class ConvEmbed(nn.Layer):
         return self.norm(x.flatten(2).transpose([0, 2, 1])), h, w  # (B, H*W, C)
 
 
+def _recompute(block: nn.Layer, x, h: int, w: int):
+    """block(x, h, w) keeping only its input for backward, which runs the block again (Paddle's recompute).
+
+    The second run starts from the first run's RNG state, so drop path and dropout draw the same masks and
+    the gradients are the plain run's; the BatchNorm running statistics it would move a second time, and the
+    RNG state, are put back after it. The RNG state is handled here: Paddle 2.6's own `preserve_rng_state` is
+    GPU-only in the non-reentrant recompute, the one DataParallel's gradient hooks work with.
+    """
+    from paddle.distributed.fleet.utils import recompute  # (Paddle 2.6 and 3.x) loads fleet: only when used
+    running = [buffer for layer in block.sublayers() if isinstance(layer, nn.BatchNorm2D)
+               for buffer in (layer._mean, layer._variance)]
+    forward_rng = []
+
+    def run(x):
+        if not forward_rng:  # the forward pass
+            forward_rng.append(paddle.get_rng_state())
+            return block(x, h, w)
+        rng, statistics = paddle.get_rng_state(), [buffer.clone() for buffer in running]  # in backward
+        paddle.set_rng_state(forward_rng[0])
+        out = block(x, h, w)
+        paddle.set_rng_state(rng)
+        for buffer, value in zip(running, statistics):
+            buffer.set_value(value)
+        return out
+
+    return recompute(run, x, preserve_rng_state=False, use_reentrant=False)
+
+
 class Stage(nn.Layer):
     """One CvT stage: conv token embedding, optional cls token, `depth` blocks; no position embedding."""
 
@@ -272,6 +300,7 @@ class Stage(nn.Layer):
                   padding_kv=padding_kv, with_cls_token=with_cls_token)
             for rate in rates
         ])
+        self.grad_checkpointing = False
 
     def forward(self, x):
         x, h, w = self.patch_embed(x)
@@ -279,8 +308,9 @@ class Stage(nn.Layer):
         if self.cls_token is not None:
             x = paddle.concat([self.cls_token.expand([x.shape[0], -1, -1]), x], axis=1)
         x = self.pos_drop(x)
+        checkpoint = self.grad_checkpointing and paddle.in_dynamic_mode() and not x.stop_gradient
         for block in self.blocks:
-            x = block(x, h, w)
+            x = _recompute(block, x, h, w) if checkpoint else block(x, h, w)
         if self.cls_token is not None:
             cls_token, x = paddle.split(x, [1, -1], axis=1)
         x = x.transpose([0, 2, 1]).reshape([0, 0, h, w])  # (B, C, H, W)
@@ -326,6 +356,12 @@ class ConvolutionalVisionTransformer(nn.Layer):
             nn.initializer.Constant(0.0)(layer.bias)
         elif isinstance(layer, nn.Conv2D):
             _torch_default_conv_init(layer)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward instead of keeping its activations (timm's name): less memory,
+        one more forward per step; gradients, drop path draws and BatchNorm statistics stay the plain run's."""
+        for i in range(self.num_stages):
+            getattr(self, f'stage{i}').grad_checkpointing = enable
 
     def no_weight_decay_names(self):
         """Parameters excluded from weight decay by name: the cls tokens (biases and norms go by rule)."""
