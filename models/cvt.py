@@ -183,6 +183,10 @@ class Attention(nn.Layer):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = Linear(dim_out, dim_out)
         self.proj_drop = nn.Dropout(proj_drop)
+        # Opt-in, for looking inside (tools/visualize.py): each forward then also stores its attention
+        # probabilities in `self.attention`; the output is computed as without it.
+        self.keep_attention = False
+        self.attention = None
 
     def _split_heads(self, x):
         return x.reshape([0, 0, self.num_heads, self.head_dim])  # (B, T, heads, d), the layout SDPA takes
@@ -197,10 +201,18 @@ class Attention(nn.Layer):
             q = q if q_scale == 1.0 else q * q_scale
             drop = self.attn_drop.p if self.training else 0.0
             return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, training=self.training)
+        attn = self.attn_drop(self._probs(q, k))
+        return paddle.matmul(attn, v.transpose([0, 2, 1, 3])).transpose([0, 2, 1, 3])
+
+    def _probs(self, q, k):
+        """softmax(scale q k^T): (B, heads, T, T') from (B, T, heads, d) q and (B, T', heads, d) k."""
         q = (q * self.scale).transpose([0, 2, 1, 3])  # (B, heads, T, d)
-        k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
-        attn = self.attn_drop(F.softmax(paddle.matmul(q, k, transpose_y=True), axis=-1))
-        return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
+        return F.softmax(paddle.matmul(q, k.transpose([0, 2, 1, 3]), transpose_y=True), axis=-1)
+
+    def _key_grid(self, h: int, w: int):
+        conv = self.conv_proj_k.conv  # its padding is the int this class passed
+        return tuple((n + 2 * conv._padding - conv._kernel_size[i]) // conv._stride[i] + 1
+                     for i, n in enumerate((h, w)))
 
     def forward(self, x, h: int, w: int):
         if self.with_cls_token:
@@ -214,6 +226,9 @@ class Attention(nn.Layer):
         q = self._split_heads(self.proj_q(q))
         k = self._split_heads(self.proj_k(k))
         v = self._split_heads(self.proj_v(v))
+        if self.keep_attention:  # queries: the cls token (if any), then the h x w grid; keys: cls, then key_grid
+            self.attention = dict(probs=self._probs(q, k).detach(), query_grid=(h, w),
+                                  key_grid=self._key_grid(h, w), cls_token=self.with_cls_token)
         x = self._attend(q, k, v).flatten(2)  # (B, T, C)
         return self.proj_drop(self.proj(x))
 
