@@ -150,7 +150,9 @@ def draw(path: str, picture: np.ndarray, found: Dict, caption: str) -> None:
     axes[0].set_title('input (as the model sees it)', fontsize=9)
     axes[0].axis('off')
     _overlay(axes[1], picture, found['rollout'], 'attention rollout (class token)')
-    _overlay(axes[2], picture, found['grad_cam'], 'Grad-CAM (stage 3)')
+    evidence = found['grad_cam'].max() > 0  # else no channel speaks for the class: an empty map, said so
+    _overlay(axes[2], picture, found['grad_cam'],
+             'Grad-CAM (stage 3)' if evidence else 'Grad-CAM: no positive evidence')
     fig.suptitle(caption, fontsize=10)
     fig.tight_layout()
     with atomic_write(path) as tmp:

@@ -14,7 +14,7 @@ from datasets.transforms import build_transform, resolve_data_cfg
 from models import create_model
 from models.cvt import Attention
 from tests.scripts import one_line_error, script_main
-from tools.visualize import _spread, attention_rollout, explain, visualize_images
+from tools.visualize import _spread, attention_rollout, explain, grad_cam, visualize_images
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64
@@ -157,3 +157,10 @@ def test_rollout_maps_strided_keys_back_to_the_queries_under_them():
     assert spread[:4, 4:].sum() == pytest.approx(0.5 + 0.5 * 16 / 64)  # the residual half stays, the rest spreads
     np.testing.assert_allclose(_spread(np.arange(4.0), (2, 2), (3, 3)).reshape(3, 3),
                                [[0, 0, 0.5], [0, 0, 0.5], [1, 1, 3]])  # odd grid: 4, 2 or 1 queries per key
+
+
+def test_grad_cam_weighs_channels_by_their_mean_gradient_and_keeps_the_positive_part():
+    tokens = paddle.to_tensor([[[9.0, 9.0], [1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 0.0]]])  # class token first
+    grad = paddle.to_tensor([[[5.0, 5.0], [1.0, -1.0], [1.0, -1.0], [1.0, -1.0], [1.0, -1.0]]])
+    np.testing.assert_allclose(grad_cam(tokens, grad, (2, 2), cls_token=True), [[0.5, 0.0], [1.0, 0.0]])
+    assert not grad_cam(tokens, -grad, (2, 2), cls_token=True)[1].any()  # channel 1 only: -1 * values
