@@ -73,5 +73,7 @@ def test_two_ranks_with_accumulation_end_in_the_same_weights(tmp_path):
     assert len(plain) == 110
     for name, value in plain.items():
         np.testing.assert_array_equal(checkpointed[name], value, err_msg=name)
-    log = (tmp_path / 'checkpointed-logs' / 'workerlog.0').read_text()
-    assert 'global batch 8' in log and 'identical on all 2 ranks' in log
+    logs = {name: (tmp_path / f'{name}-logs' / 'workerlog.0').read_text() for name in runs}
+    assert 'global batch 8' in logs['checkpointed'] and 'identical on all 2 ranks' in logs['checkpointed']
+    assert 'gradient checkpointing: every block is recomputed' in logs['checkpointed']
+    assert 'gradient checkpointing' not in logs['plain']
