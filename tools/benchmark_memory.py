@@ -7,7 +7,8 @@ default drop path on) with AdamW, then steps of forward, cross-entropy, backward
 on random pixels; `--warmup` untimed steps, then the median of `--steps` timed ones. Memory is the
 process's peak resident set (getrusage ru_maxrss: everything Paddle's CPU allocator held at the worst
 moment, weights, gradients and AdamW state included), and, apart, its rise over the resident set after
-the model and optimizer were built (mostly activations). Prints one JSON line per setting, then the CPU
+the model and optimizer were built (activations, plus gradients and the AdamW moments made at the first
+step: the same in both settings). Prints one JSON line per setting, then the CPU
 and a table with the checkpointed/plain ratios.
 """
 import _bootstrap  # noqa: F401  (repo root on sys.path, CPU runtime set before paddle loads)
