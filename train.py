@@ -324,6 +324,9 @@ def build_model_and_data(args, rank: int, world_size: int):
                                        drop_rate=args.drop).items() if v is not None}
     model = create_model(args.model, pretrained=args.pretrained, **overrides)
     args.num_classes = model.num_classes
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing()
+        _logger.info('gradient checkpointing: every block is recomputed in backward')
     n_params = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
     _logger.info('model %s: %d trainable parameters, %d classes', args.model, n_params, model.num_classes)
     data_cfg, train_loader, val_loader = build_data(args, model.default_cfg, train_set, rank, world_size)

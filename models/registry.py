@@ -1,6 +1,6 @@
 """Name -> constructor registry for the model zoo, with each variant's default cfg attached."""
 import difflib
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from .cvt_weights import load_weights
 
@@ -42,12 +42,18 @@ def get_model_cfg(name: str) -> dict:
     return dict(_CFGS[name])
 
 
-def create_model(name: str, pretrained: Optional[str] = None, **overrides):
+def create_model(name: str, pretrained: Optional[str] = None, features_only: bool = False,
+                 out_indices: Sequence[int] = (0, 1, 2), **overrides):
     """Build a registered model; `overrides` (num_classes, drop_path_rate, drop_rate, ...) go to
-    the constructor, `pretrained` (path, URL or known tag) is loaded strictly."""
+    the constructor, `pretrained` (path, URL or known tag) is loaded strictly. With `features_only`, the
+    classifier (weights loaded first) becomes a backbone returning the maps of the stages in `out_indices`
+    (models.cvt.CvTFeatures, with `feature_info`)."""
     _check_name(name)
     model = _MODELS[name](**overrides)
     model.default_cfg = dict(_CFGS[name], num_classes=model.num_classes)
     if pretrained:
         load_weights(model, pretrained)
+    if features_only:
+        from .cvt import CvTFeatures  # registry is imported by cvt.py: import here, not at the top
+        model = CvTFeatures(model, out_indices)
     return model

@@ -123,6 +123,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                         f"'finetune: {FINETUNE_REQUIRED}' needs it; 'none' trains such a recipe from random weights")
     g.add_argument('--num_classes', type=int, default=None,
                    help='classifier outputs (default: the number of classes in the training data)')
+    add_bool(g, 'grad_checkpointing', False,
+             'recompute each transformer block in backward instead of storing its activations: less memory, '
+             'about one more forward per step, the same gradients (README "Gradient checkpointing")')
 
     g = parser.add_argument_group('optimizer')
     g.add_argument('--opt', default='adamw', choices=('adamw', 'sgd'), help='optimizer')

@@ -76,9 +76,13 @@ def _plain(value):
 def export_inference_model(model, output_dir: str, model_name: str, data_cfg: dict, *, batch_size: int = -1,
                            with_softmax: bool = False, label_names: Optional[Sequence[str]] = None,
                            class_names: Optional[Sequence[str]] = None, onnx: bool = False,
-                           calib_batches: Optional[Sequence[np.ndarray]] = None) -> List[str]:
+                           calib_batches: Optional[Sequence[np.ndarray]] = None,
+                           feature_info: Optional[Sequence[dict]] = None) -> List[str]:
     """Export `model` for deployment into `output_dir`; returns the written file names. `model` is traced
     as given: pass `models.export_rewrites.rewrite_for_export(model)` for the deployed form.
+
+    A backbone (models.cvt.CvTFeatures) has one graph output per feature map; its `feature_info` goes into
+    inference.yml, which marks the folder as one that infer.py/eval.py do not classify with.
 
     With `calib_batches` (needs `onnx`), the int8 copies of utils/quantize.py are written too.
     `label_names` are what infer.py shows; `class_names` (the training data's, e.g. its folder names)
@@ -105,6 +109,8 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
                    label_names=list(label_names) if label_names else None,
                    class_names=list(class_names) if class_names else None,
                    int8_calibration_images=len(calib_batches) if calib_batches else None)
+        if feature_info:
+            cfg['feature_info'] = [dict(info) for info in feature_info]
         with open(os.path.join(staging, CFG_FILE), 'w', encoding='utf-8') as f:
             yaml.safe_dump(cfg, f, sort_keys=False, allow_unicode=True)
         if onnx:
@@ -206,6 +212,10 @@ def read_inference_cfg(model_dir: str) -> dict:
         cfg = yaml.safe_load(f)
     if not isinstance(cfg, dict):
         raise ValueError(f'{path}: expected a mapping, found {type(cfg).__name__}')
+    if cfg.get('feature_info'):
+        raise ValueError(f'{path}: a features-only export (export_model.py --features_only): its outputs are '
+                         f'feature maps, not class scores; run it with paddle.inference (README, '
+                         f'"CvT as a backbone")')
     for key in ('model', 'num_classes', 'with_softmax', 'preprocess'):
         if key not in cfg:
             raise KeyError(f"{path}: missing key '{key}'")
