@@ -6,8 +6,7 @@ import argparse
 import os
 import re
 import sys
-import zipfile
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from datasets.imagenet import read_label_names
 from datasets.transforms import resolve_data_cfg
@@ -15,7 +14,7 @@ from models import create_model, load_weights, resolve_source
 from training.amp import AmpConfig
 from utils.config import ArgumentParser, HelpFormatter
 from utils.entrypoint import run_main  # noqa: F401  (the scripts' entry, taken from here with the rest)
-from utils.weights import is_safetensors, read_weight_file
+from utils.weights import read_weight_file, recorded_run
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 IMAGENET_LABELS = os.path.join(REPO_ROOT, 'datasets', 'imagenet1k_label_list.txt')
@@ -29,10 +28,11 @@ def script_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return ArgumentParser(prog=prog, description=summary, formatter_class=HelpFormatter, allow_abbrev=False)
 
 
-def add_weight_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def add_weight_args(parser: argparse.ArgumentParser) -> None:
     """--model, --resume/--pretrained, --use_ema and --num_classes, as eval/predict/export share them."""
     group = parser.add_argument_group('model and weights')
-    group.add_argument('--model', required=required, help='registered model name, e.g. cvt_13_224x224')
+    group.add_argument('--model', help='registered model name, e.g. cvt_13_224x224 (default: the model a train.py '
+                                       'checkpoint records)')
     source = group.add_mutually_exclusive_group()
     source.add_argument('--resume', metavar='CKPT', help='checkpoint of this repo (train.py output) or .pdparams')
     source.add_argument('--pretrained', metavar='SRC',
@@ -42,24 +42,10 @@ def add_weight_args(parser: argparse.ArgumentParser, required: bool = True) -> N
                        help="classifier size when it differs from the variant's (default: the variant's)")
 
 
-def training_run_of(path: str, content) -> Tuple[dict, Optional[List[str]]]:
-    """(resolved settings, class names) of the training run stored in a train.py checkpoint (its 'args'
-    and 'class_names' entries), or ({}, None).
-
-    A checkpoint carries its run's class count, eval preprocessing and class names this way, so eval,
-    predict and export use what training used without repeating flags, whatever the file is called or
-    where it lies. `content` is the file at `path` as read; torch zips and safetensors (released weights)
-    carry neither.
-    """
-    if zipfile.is_zipfile(path) or is_safetensors(path) or not isinstance(content, dict):
-        return {}, None
-    args, names = content.get('args'), content.get('class_names')
-    return (args if isinstance(args, dict) else {}), (list(names) if isinstance(names, (list, tuple)) else None)
-
-
-def load_model(name: str, resume: Optional[str] = None, pretrained: Optional[str] = None,
+def load_model(name: Optional[str], resume: Optional[str] = None, pretrained: Optional[str] = None,
                use_ema: bool = False, num_classes: Optional[int] = None):
-    """Create `name`, load its weights strictly (EMA copy with `use_ema`) and switch to eval mode.
+    """Create `name` (default: the model a train.py checkpoint records), load its weights strictly (EMA copy
+    with `use_ema`) and switch to eval mode; `model.default_cfg['architecture']` names it.
 
     A train.py checkpoint means the same whichever of `resume`/`pretrained` names it: its run's num_classes
     and eval preprocessing (input_size, crop_pct, interpolation) become the model's, unless given here
@@ -70,7 +56,11 @@ def load_model(name: str, resume: Optional[str] = None, pretrained: Optional[str
         raise ValueError(NO_WEIGHTS_HINT)
     path = resolve_source(resume or pretrained)
     content = read_weight_file(path)  # once: a checkpoint gives its run settings and its weights
-    run_args, class_names = training_run_of(path, content)
+    run_args, class_names = recorded_run(path, content)
+    name = name or run_args.get('model')
+    if not name:
+        raise ValueError(f'--model is required: {resume or pretrained} does not record its model (train.py '
+                         f'checkpoints do); e.g. --model cvt_13_224x224')
     num_classes = num_classes or run_args.get('num_classes')
     model = create_model(name, **({'num_classes': num_classes} if num_classes else {}))
     load_weights(model, path, key='model_ema' if use_ema else None, content=content)

@@ -23,7 +23,7 @@ from training.amp import AmpConfig
 from training.evaluation import evaluate
 from utils.distributed import init_distributed, is_main_process
 from utils.entrypoint import report
-from utils.env import cpu_threads
+from utils.env import cpu_threads, default_num_workers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,14 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument('--cls_label_path_val', metavar='FILE',
                       help="list of 'relative/path label' lines (default: class folders in DATA_DIR/val)")
     data.add_argument('--batch_size', type=int, default=256, help='images per process and step')
-    data.add_argument('--num_workers', type=int, default=4, help='data loader worker processes per process')
+    data.add_argument('--num_workers', type=int, default=default_num_workers(4),
+                      help='data loader worker processes per process (default: 4, at most the CPU cores per process)')
     protocol = parser.add_argument_group('eval protocol (default: the variant\'s registered one)')
     protocol.add_argument('--input_size', type=int, metavar='PX', help='square input side')
     protocol.add_argument('--crop_pct', type=float, help='resize to input_size / crop_pct, then centre-crop')
     protocol.add_argument('--crop_mode', choices=('center', 'squash'),
                           help="'center': keep aspect ratio; 'squash': resize both sides")
     protocol.add_argument('--interpolation', choices=('nearest', 'bilinear', 'bicubic'), help='resize filter')
-    add_weight_args(parser, required=False)
+    add_weight_args(parser)
     deployed = parser.add_argument_group('exported model (instead of --model and weights)')
     deployed.add_argument('--model_dir', metavar='EXPORT', help='export_model.py output folder to score')
     deployed.add_argument('--backend', default='paddle', choices=BACKENDS,
@@ -75,8 +76,9 @@ def _deployed_model(args):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if not (args.model or args.model_dir):
-        raise ValueError('--model is required (or --model_dir EXPORT to score an exported model)')
+    if not (args.model or args.resume or args.pretrained or args.model_dir):
+        raise ValueError('--resume CKPT or --pretrained SRC (with --model) is required, or --model_dir EXPORT '
+                         'to score an exported model')
     if not args.model_dir and (args.backend != 'paddle' or args.precision != 'fp32'):
         raise ValueError('--backend/--precision choose how an export runs: add --model_dir EXPORT')
     amp = AmpConfig(args.amp, args.amp_dtype)
@@ -93,7 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         num_classes = model.num_classes
         data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size, crop_pct=args.crop_pct,
                                     crop_mode=args.crop_mode, interpolation=args.interpolation)
-        source = dict(model=args.model, weights=args.resume or args.pretrained, use_ema=args.use_ema)
+        source = dict(model=model.default_cfg['architecture'], weights=args.resume or args.pretrained,
+                      use_ema=args.use_ema)
         class_names, names_of = model.class_names, f"the checkpoint {source['weights']}"
     dataset = build_dataset(args.data_dir, 'val', build_transform(is_train=False, **data_cfg),
                             list_file=args.cls_label_path_val, num_classes=num_classes,

@@ -16,6 +16,7 @@ from datasets.transforms import build_transform, resolve_data_cfg
 from deploy.classify import find_images, preprocess
 from deploy.export import check_onnx_export_available, check_output_dir, export_inference_model
 from deploy.quantize import check_int8_export_available, spread_evenly
+from models.cvt import CvTFeatures
 from models.export_rewrites import rewrite_for_export
 from models.layers import portable_attention
 
@@ -33,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'id name' lines stored in inference.yml (default: the class names stored in a "
                           "train.py checkpoint, else the repo's ImageNet list when num_classes is 1000)")
     out.add_argument('--onnx', action='store_true', help='also write model.onnx with paddle2onnx')
+    out.add_argument('--features_only', action='store_true',
+                     help='export the backbone: one output per stage map in --out_indices (B, C, H, W), no head; '
+                          'inference.yml lists their feature_info')
+    out.add_argument('--out_indices', type=int, nargs='+', metavar='I',
+                     help='stages whose maps a --features_only export outputs (default: all; strides 4/8/16)')
     int8 = parser.add_argument_group('int8 (post-training quantisation of model.onnx)')
     int8.add_argument('--int8', action='store_true',
                       help='also write openvino_int8.xml (NNCF, calibrated) and model_int8.onnx (ONNX Runtime), '
@@ -44,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_features_export(args) -> None:
+    """A backbone export has feature maps as outputs: refuse what only a classifier has."""
+    if not args.features_only:
+        if args.out_indices is not None:
+            raise ValueError('--out_indices is read only with --features_only')
+        return
+    for flag, given in (('--with_softmax', args.with_softmax), ('--label_list', args.label_list),
+                        ('--int8', args.int8)):
+        if given:
+            raise ValueError(f'{flag} applies to a classifier export; drop it or drop --features_only')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     check_output_dir(args.output)
@@ -53,20 +71,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_int8_export_available(args.onnx, args.calib_images, args.calib_count, args.batch_size)
     elif args.calib_images:
         raise ValueError('--calib_images is read only with --int8')
+    check_features_export(args)
     model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
+    name = model.default_cfg['architecture']  # --model, or the one the checkpoint records
+    class_names, label_names = model.class_names, label_names_for(model.num_classes, args.label_list,
+                                                                  model.class_names)
+    if args.features_only:  # a backbone has no classes to name
+        model, class_names, label_names = CvTFeatures(model, args.out_indices or range(model.num_stages)), None, None
     data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size)
-    label_names = label_names_for(model.num_classes, args.label_list, model.class_names)
     calib_batches = None
     if args.int8:  # one (1, 3, H, W) batch per image, preprocessed exactly as inference.yml says
         transform = build_transform(is_train=False, **data_cfg)
         calib_batches = [preprocess([path], transform)
                          for path in spread_evenly(find_images([args.calib_images]), args.calib_count)]
     with portable_attention():  # matmul/softmax in the graph, whatever device traces it
-        files = export_inference_model(rewrite_for_export(model), args.output, args.model, data_cfg,
+        files = export_inference_model(rewrite_for_export(model), args.output, name, data_cfg,
                                        batch_size=args.batch_size, with_softmax=args.with_softmax,
-                                       label_names=label_names, class_names=model.class_names, onnx=args.onnx,
-                                       calib_batches=calib_batches)
-    print(json.dumps({'output': args.output, 'files': files, 'model': args.model,
+                                       label_names=label_names, class_names=class_names, onnx=args.onnx,
+                                       calib_batches=calib_batches,
+                                       feature_info=model.feature_info if args.features_only else None)
+    print(json.dumps({'output': args.output, 'files': files, 'model': name,
                       'num_classes': model.num_classes, 'input_size': list(data_cfg['input_size'])}))
     return 0
 

@@ -9,6 +9,7 @@ Results are shown as predict.py shows them: a table on a terminal, else the JSON
 import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 
 import argparse
+import os
 from typing import Optional, Sequence
 
 from cli import add_image_args, add_result_args, label_names_for, run_main, script_parser
@@ -25,7 +26,8 @@ WARMUP_RUNS = 3
 def build_parser() -> argparse.ArgumentParser:
     parser = script_parser('infer.py', __doc__)
     io = parser.add_argument_group('model and inputs')
-    io.add_argument('--model_dir', required=True, metavar='DIR', help='export_model.py output folder')
+    io.add_argument('--model_dir', metavar='DIR',
+                    help="export_model.py output folder (default: --model_file's folder)")
     io.add_argument('--model_file', metavar='FILE', help='graph file (default: DIR/inference.json or .pdmodel)')
     io.add_argument('--params_file', metavar='FILE', help='parameters (default: next to the graph, .pdiparams)')
     add_image_args(io)
@@ -63,6 +65,9 @@ def _benchmark_line(timings: dict, num_images: int, batch_size: int) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if not (args.model_dir or args.model_file):
+        raise ValueError('--model_dir DIR (an export_model.py output folder) or --model_file FILE is required')
+    args.model_dir = args.model_dir or os.path.dirname(os.path.abspath(args.model_file))
     cfg = read_inference_cfg(args.model_dir)
     files = find_images(args.images)
     data_cfg = resolve_data_cfg(cfg['preprocess'], crop_pct=args.crop_pct, crop_mode=args.crop_mode,

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument('--batch_size', type=int, default=8, help='images per forward pass')
     add_result_args(inputs)
     add_weight_args(parser)
+    protocol = parser.add_argument_group("preprocessing overrides (default: the checkpoint's run, else the variant's)")
+    protocol.add_argument('--crop_pct', type=float, help='resize to input_size / crop_pct, then centre-crop')
+    protocol.add_argument('--interpolation', choices=('nearest', 'bilinear', 'bicubic'), help='resize filter')
     run = parser.add_argument_group('run')
     run.add_argument('--amp', action='store_true', help='autocast to fp16 (CUDA only; fp32 by default)')
     run.add_argument('--debug', action='store_true', help='full traceback on errors')
@@ -52,7 +55,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     files = find_images(args.images)
     model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)
     label_names = label_names_for(model.num_classes, args.label_list, model.class_names)
-    transform = build_transform(is_train=False, **resolve_data_cfg(model.default_cfg))
+    transform = build_transform(is_train=False, **resolve_data_cfg(model.default_cfg, crop_pct=args.crop_pct,
+                                                                   interpolation=args.interpolation))
     classified = classify_images(files, transform, lambda batch: predict_probs(model, batch, amp),
                                  batch_size=args.batch_size, topk=args.topk, label_names=label_names,
                                  strict=args.strict)

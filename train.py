@@ -23,7 +23,7 @@ from datasets.mixup import Mixup
 from datasets.transforms import build_transform, resolve_data_cfg
 from models import count_parameters, create_model, load_weights
 from training.amp import AmpConfig, GradScaler, build_grad_scaler, decorate_o2
-from training.args import build_train_parser
+from training.args import FINETUNE_REQUIRED, build_train_parser
 from training.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, CheckpointManager, RunLock, TrainingCheckpoint,
                                  differing_settings, load_training_state)
 from training.ema import ModelEma
@@ -42,6 +42,8 @@ from utils.env import seed_everything
 from utils.logger import get_logger, log_json, setup_logger, truncate_json_log
 
 _logger = get_logger('train')
+# Fewer optimizer updates per epoch than this and an epoch barely moves the weights: said at the start.
+FEW_UPDATES = 10
 
 
 @dataclass
@@ -90,6 +92,61 @@ def build_data(args, model_cfg, train_set, rank: int, world_size: int):
                                 update_freq=args.update_freq, **common)
     val_loader = build_loader(val_set, args.batch_size, is_train=False, **common)
     return data_cfg, train_loader, val_loader
+
+
+def check_finetune_source(args) -> None:
+    """A recipe that sets `finetune: required` starts from weights, or from random ones only when asked."""
+    if args.finetune == FINETUNE_REQUIRED and not args.resume:
+        raise ValueError(f'{args.config or "-o finetune=" + FINETUNE_REQUIRED}: this fine-tuning recipe needs '
+                         f'--finetune WEIGHTS (a .pdparams/.pd file, URL or tag such as cvt_13_224x224); '
+                         f'--finetune none trains it from random weights')
+
+
+def fit_batch_to_data(args, num_images: int, world_size: int) -> None:
+    """With --min_updates_per_epoch N, lower args.batch_size until an epoch of `num_images` has N updates.
+
+    A few hundred images at the recipe's batch would give one or two updates per epoch: too few to learn.
+    """
+    wanted = args.min_updates_per_epoch
+    if wanted <= 0 or updates_per_epoch(num_images, args.batch_size, world_size, args.update_freq) >= wanted:
+        return
+    fitted = max(1, num_images // (wanted * world_size * args.update_freq))
+    _logger.info('batch_size %d (not %d): %d training images give %d updates per epoch at '
+                 '--min_updates_per_epoch %d', fitted, args.batch_size, num_images,
+                 updates_per_epoch(num_images, fitted, world_size, args.update_freq), wanted)
+    args.batch_size = fitted
+
+
+def updates_per_epoch(num_images: int, batch_size: int, world_size: int, update_freq: int) -> int:
+    """Optimizer updates in an epoch: whole batches per rank (drop_last), whole groups of update_freq."""
+    per_rank = -(-num_images // world_size)  # the train sampler pads every rank to the same count
+    return per_rank // batch_size // update_freq
+
+
+def epoch_use_note(args, num_images: int, world_size: int) -> Optional[str]:
+    """One line when an epoch gives few updates or leaves images out (drop_last), with the flag that helps."""
+    updates = updates_per_epoch(num_images, args.batch_size, world_size, args.update_freq)
+    global_batch = args.batch_size * world_size * args.update_freq
+    # The repeated-augmentation sampler shows a third of the images three times: it leaves out by design.
+    unused = 0 if args.repeated_aug else max(0, num_images - updates * global_batch)
+    if updates < FEW_UPDATES:
+        fitting = max(1, num_images // (FEW_UPDATES * world_size * args.update_freq))
+        fix = (f'pass --batch_size {fitting} (or --min_updates_per_epoch {FEW_UPDATES}) for {FEW_UPDATES}'
+               if fitting < args.batch_size else 'add training images')
+        return (f'{num_images} training images at global batch {global_batch} give {updates} '
+                f'update{"" if updates == 1 else "s"} per epoch'
+                + (f' ({unused} images left out of each epoch by drop_last)' if unused else '')
+                + f': too few to learn from; {fix}')
+    if unused:
+        return (f'{unused} of {num_images} training images are left out of each epoch (drop_last keeps whole '
+                f'batches of global {global_batch}; another random subset each epoch); --batch_size sets it')
+    return None
+
+
+def describe_data_cfg(data_cfg: dict) -> str:
+    """'224px, crop_pct 0.875 center, bicubic' for the start line."""
+    return (f"{data_cfg['input_size'][-1]}px, crop_pct {data_cfg['crop_pct']:g} {data_cfg['crop_mode']}, "
+            f"{data_cfg['interpolation']}")
 
 
 def build_criterion(args, mixup):
@@ -219,6 +276,7 @@ def main(argv=None) -> int:
     args = parse_args(build_train_parser(), argv)
     if not args.data_dir:
         raise ValueError('train.py: expected DATA_DIR (a folder with train/ and val/), found none')
+    check_finetune_source(args)
     rank, world_size = init_distributed()
     run_dir = run_dir_of(args)
     setup_logger(None, rank)  # the run folder is written only once it is known to be this run's
@@ -270,8 +328,11 @@ def main(argv=None) -> int:
         del ckpt  # the optimizer holds its own copies; the pickle can be large
         if world_size > 1:
             model = checkpoint.model = paddle.DataParallel(model)
-        logger.info('training %s for %d epochs: %d updates/epoch, global batch %d, data %s', args.model, args.epochs,
-                    scheduler.steps_per_epoch, global_batch, data_cfg)
+        logger.info('training %s for %d epochs: %d updates/epoch, global batch %d, %s', args.model, args.epochs,
+                    scheduler.steps_per_epoch, global_batch, describe_data_cfg(data_cfg))
+        note = epoch_use_note(args, len(train_set), world_size)
+        if note:
+            logger.warning(note)
         run = TrainingRun(model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, amp=amp,
                           scaler=scaler, mixup=mixup, model_ema=model_ema, train_set=train_set,
                           train_loader=train_loader, val_loader=val_loader, checkpoint=checkpoint,
@@ -287,10 +348,14 @@ def build_model_and_data(args, rank: int, world_size: int):
     if args.num_classes is None:
         args.num_classes = train_set.num_classes
         _logger.info('num_classes=%d, from the training data', args.num_classes)
+    fit_batch_to_data(args, len(train_set), world_size)
     overrides = {k: v for k, v in dict(num_classes=args.num_classes, drop_path_rate=args.drop_path,
                                        drop_rate=args.drop).items() if v is not None}
     model = create_model(args.model, pretrained=args.pretrained, **overrides)
     args.num_classes = model.num_classes
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing()
+        _logger.info('gradient checkpointing: every block is recomputed in backward')
     data_cfg, train_loader, val_loader = build_data(args, model.default_cfg, train_set, rank, world_size)
     return model, train_set, data_cfg, train_loader, val_loader
 

@@ -19,8 +19,9 @@ from .transforms import to_rgb
 
 logger = get_logger(__name__)
 
-# The extensions torchvision's ImageFolder accepts, matched case-insensitively (ImageNet uses .JPEG).
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+# The extensions torchvision's ImageFolder accepts, matched case-insensitively (ImageNet uses .JPEG); an
+# animated .gif is read as its first frame (what PIL decodes on open).
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp', '.gif')
 BAD_IMAGE_POLICIES = ('skip', 'error')
 # More consecutive unreadable files than this means a broken mount or path, not a few bad images.
 MAX_CONSECUTIVE_BAD = 16
@@ -118,8 +119,7 @@ class ImageDataset(paddle.io.Dataset):
 
     def _on_bad_image(self, path: str, exc: Exception) -> None:
         if self.bad_image_policy == 'error':
-            message = (f"{path}: unreadable image ({_one_line(exc)}); "
-                       f"use bad_image_policy='skip' to replace such images")
+            message = f'{path}: unreadable image ({_one_line(exc)}); replace or remove that file'
             with self._first_error.get_lock():
                 if not self._first_error.value:
                     self._first_error.value = message.encode()[:2047]

@@ -1,7 +1,11 @@
 """build_loader: dataset + batch sampler (per-sample augmentation seeds) + numpy collate -> paddle.io.DataLoader,
 with persistent workers and uint8 transfer (normalisation and random erasing on the device)."""
+import atexit
 import copy
+import multiprocessing.util  # noqa: F401  (its exit hook is registered before the loaders' one below)
 import random
+import sys
+import weakref
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -14,11 +18,14 @@ from utils.env import limit_worker_threads
 from .random_erasing import RandomErasing
 from .samplers import DistributedEvalSampler, DistributedTrainSampler, RepeatedAugSampler
 from .transforms import Pipeline, ToNormalizedArray
-from .worker_signals import ignore_stop_signals
+from .worker_signals import end_with_parent, ignore_stop_signals
 
 # Device-side random erasing draws from its own stream per sample: the sample seed itself already
 # drives the worker's crop/flip/RandAugment draws.
 _ERASING_STREAM = 0xE5A5E
+
+# How long a worker may take to finish the batch in hand and read its stop token before it is killed.
+WORKER_SHUTDOWN_S = 10.0
 
 
 def collate_numpy(samples: Sequence[Tuple[np.ndarray, int]]) -> List[np.ndarray]:
@@ -73,8 +80,8 @@ class NormalizeOnDevice:
 class InlineReadDataLoader(DataLoader):
     """DataLoader whose num_workers=0 mode reads batches in the calling thread, which raises a
     dataset's recorded failure (bad_image_policy='error') right after the batch it happened in,
-    which finishes uint8 batches with `device_stage`, and whose persistent workers survive only
-    passes that were read to the end.
+    which finishes uint8 batches with `device_stage`, whose persistent workers survive only
+    passes that were read to the end, and whose workers end with the process, however it ends.
 
     Paddle's own num_workers=0 mode reads in a helper thread, which hangs the loop forever when the
     dataset raises. Paddle's persistent iterator (2.6 to 3.3) returns a stale batch of the previous
@@ -84,25 +91,41 @@ class InlineReadDataLoader(DataLoader):
     """
     device_stage: Optional[NormalizeOnDevice] = None
     _pass_unfinished = False
+    _workers_iterator = None  # Paddle's multi-process iterator of the last pass: it owns the worker processes
 
     def shutdown_workers(self) -> None:
-        """End the persistent workers now; the next pass starts new ones.
+        """End the workers now (a worker still busy after WORKER_SHUTDOWN_S is killed); the next pass
+        starts new ones.
 
         Paddle's persistent iterator is kept alive by its own reader thread, so its workers would
-        outlive a dropped loader: deleting the loader calls this.
+        outlive a dropped loader: deleting the loader calls this, and so does the process's exit.
         """
-        if self._iterator is not None:  # Paddle's persistent iterator
-            self._iterator._try_shutdown_all()
-            self._iterator = None
+        iterator, self._workers_iterator, self._iterator = self._workers_iterator, None, None
+        if iterator is None:
+            return
+        try:
+            iterator._try_shutdown_all(WORKER_SHUTDOWN_S)
+        finally:  # also when that raises (a worker that died, a second Ctrl-C while waiting)
+            for worker in iterator._workers:
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join()
 
     def __del__(self):
-        self.shutdown_workers()
+        # At interpreter shutdown no thread can start, and ending Paddle's workers starts one (a queue's
+        # feeder): the exit hook has already ended them.
+        if not sys.is_finalizing():
+            self.shutdown_workers()
 
     def __iter__(self):
         if self._pass_unfinished:
             self.shutdown_workers()
         self._pass_unfinished = True
-        batches = super().__iter__() if self.num_workers > 0 else self._read_in_process()
+        if self.num_workers > 0:
+            batches = self._workers_iterator = super().__iter__()
+            _WITH_WORKERS.add(self)
+        else:
+            batches = self._read_in_process()
         check = getattr(self.dataset, 'raise_if_failed', None)
         stage = self.device_stage
         # The sampler is pure given (epoch, start_batch): a second pass over it gives the sample
@@ -127,6 +150,18 @@ class InlineReadDataLoader(DataLoader):
             yield [paddle.to_tensor(array) for array in batch]
 
 
+# Loaders that started workers. At exit an error may still hold one (its traceback, a reference cycle) and
+# garbage collection comes too late: multiprocessing's exit hook SIGTERMs the workers, which outlive stop
+# signals (worker_signals.ignore_stop_signals), and waits for them. Exit hooks run last registered first.
+_WITH_WORKERS: 'weakref.WeakSet[InlineReadDataLoader]' = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all_workers() -> None:
+    for loader in list(_WITH_WORKERS):
+        loader.shutdown_workers()
+
+
 def _uint8_transfer(dataset) -> Tuple[object, Optional[NormalizeOnDevice]]:
     """A shallow copy of `dataset` whose build_transform pipeline stops before normalisation, and
     the stage that finishes it on the device; (dataset, None) for any other transform."""
@@ -142,7 +177,11 @@ def _uint8_transfer(dataset) -> Tuple[object, Optional[NormalizeOnDevice]]:
 
 def _init_worker(worker_id: int) -> None:
     limit_worker_threads()  # workers run side by side: one math thread each (utils.env)
+    # Workers outlive stop signals (the launcher signals each rank's whole process group) until the
+    # rank has saved and shuts them down: one killed first would abort the rank mid-step. They do not
+    # outlive the rank itself (a SIGKILL, the OOM killer).
     ignore_stop_signals(worker_id)
+    end_with_parent()
 
 
 def build_loader(dataset, batch_size: int, *, is_train: bool, num_replicas: int = 1, rank: int = 0, seed: int = 0,
@@ -181,13 +220,11 @@ def build_loader(dataset, batch_size: int, *, is_train: bool, num_replicas: int 
     else:
         batch_sampler = DistributedEvalSampler(len(dataset), batch_size, num_replicas, rank)
     if is_train and len(batch_sampler) == 0:
-        groups, knobs = (f' in groups of update_freq={update_freq}', 'batch_size or update_freq') if update_freq > 1 \
-            else ('', 'batch_size')
+        groups, knobs = (f' in groups of update_freq={update_freq}', '--batch_size or --update_freq') \
+            if update_freq > 1 else ('', '--batch_size')  # train.py's flags: only training drops last batches
         raise ValueError(f'{len(dataset)} images give no batch of {batch_size}{groups} on each of {num_replicas} '
                          f'rank(s) with drop_last={drop_last}; lower {knobs} or add images')
     dataset, device_stage = _uint8_transfer(dataset) if uint8_transfer else (dataset, None)
-    # Workers outlive stop signals (the launcher signals each rank's whole process group) until the
-    # rank has saved and shuts them down: one killed first would abort the rank mid-step.
     loader = InlineReadDataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_numpy,
                                   num_workers=num_workers, use_shared_memory=use_shared_memory,
                                   persistent_workers=persistent_workers and num_workers > 0,

@@ -1,7 +1,11 @@
-"""DataLoader workers under stop signals: they keep serving until their parent shuts them down, and leave
-on their own a grace period after a SIGTERM it never follows up (training/preemption.py tells why)."""
+"""DataLoader workers under stop signals: they keep serving until their parent shuts them down, leave on
+their own a grace period after a SIGTERM it never follows up, and die with a parent that dies outright
+(training/preemption.py tells why)."""
+import ctypes
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 from typing import Optional
 
@@ -31,3 +35,22 @@ def _worker_sigterm(signum: int, frame) -> None:
 
 
 _worker_exit_timer: Optional[threading.Timer] = None
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Looked up here, in the parent: a forked child must not dlopen (another thread may hold the loader's lock).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith('linux') else None
+
+
+def end_with_parent() -> None:
+    """In a multiprocessing child (a DataLoader worker): have the kernel SIGKILL this process when its parent
+    dies, which no signal handler can catch (Linux; elsewhere nothing).
+
+    The signal comes when the thread that started the child ends: start workers from the main thread.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or _prctl is None:
+        return
+    if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG) failed')
+    if os.getppid() != parent.pid:  # the parent died between the fork and the prctl: no signal will come
+        os._exit(1)

@@ -9,6 +9,7 @@ import paddle
 import paddle.nn.functional as F
 
 from utils.env import dropped_output_lines
+from utils.fileio import storage_errors
 
 from .layout import (CFG_FILE, INPUT_NAME, MODEL_PREFIX, ONNX_FILE, PREPROCESS_KEYS, find_model_files,
                      write_inference_cfg)
@@ -63,9 +64,13 @@ def _plain(value):
 def export_inference_model(model, output_dir: str, model_name: str, data_cfg: dict, *, batch_size: int = -1,
                            with_softmax: bool = False, label_names: Optional[Sequence[str]] = None,
                            class_names: Optional[Sequence[str]] = None, onnx: bool = False,
-                           calib_batches: Optional[Sequence[np.ndarray]] = None) -> List[str]:
+                           calib_batches: Optional[Sequence[np.ndarray]] = None,
+                           feature_info: Optional[Sequence[dict]] = None) -> List[str]:
     """Export `model` for deployment into `output_dir`; returns the written file names. `model` is traced
     as given: pass `models.export_rewrites.rewrite_for_export(model)` for the deployed form.
+
+    A backbone (models.cvt.CvTFeatures) has one graph output per feature map; its `feature_info` goes into
+    inference.yml, which marks the folder as one that infer.py/eval.py do not classify with.
 
     With `calib_batches` (needs `onnx`), the int8 copies of deploy/quantize.py are written too.
     `label_names` are what infer.py shows; `class_names` (the training data's, e.g. its folder names)
@@ -82,7 +87,8 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
     output_dir = os.path.abspath(output_dir)
     staging = os.path.join(os.path.dirname(output_dir), f'.{os.path.basename(output_dir)}.tmp{os.getpid()}')
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed export of this pid, never another's
-    os.makedirs(staging)
+    with storage_errors(output_dir):  # a read-only folder names --output, not the staging folder
+        os.makedirs(staging)
     try:
         _save_static(model, staging, data_cfg['input_size'], batch_size, with_softmax)
         cfg = dict(model=model_name, num_classes=int(model.num_classes), with_softmax=bool(with_softmax),
@@ -91,6 +97,8 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
                    label_names=list(label_names) if label_names else None,
                    class_names=list(class_names) if class_names else None,
                    int8_calibration_images=len(calib_batches) if calib_batches else None)
+        if feature_info:
+            cfg['feature_info'] = [dict(info) for info in feature_info]
         write_inference_cfg(staging, cfg)
         if onnx:
             model_file, params_file = find_model_files(staging)

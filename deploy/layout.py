@@ -51,6 +51,10 @@ def read_inference_cfg(model_dir: str) -> dict:
         cfg = yaml.safe_load(f)
     if not isinstance(cfg, dict):
         raise ValueError(f'{path}: expected a mapping, found {type(cfg).__name__}')
+    if cfg.get('feature_info'):
+        raise ValueError(f'{path}: a features-only export (export_model.py --features_only): its outputs are '
+                         f'feature maps, not class scores; run it with paddle.inference (README, '
+                         f'"CvT as a backbone")')
     for key in ('model', 'num_classes', 'with_softmax', 'preprocess'):
         if key not in cfg:
             raise KeyError(f"{path}: missing key '{key}'")

@@ -6,7 +6,7 @@ weights is a rename of BatchNorm statistics and a transpose of Linear weights, n
 """
 import inspect
 import math
-from typing import Sequence
+from typing import List, Sequence, Union
 
 import paddle
 import paddle.nn as nn
@@ -94,6 +94,10 @@ class Attention(nn.Layer):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = Linear(dim_out, dim_out)
         self.proj_drop = nn.Dropout(proj_drop)
+        # Opt-in, for looking inside (tools/visualize.py): each forward then also stores its attention
+        # probabilities in `self.attention`; the output is computed as without it.
+        self.keep_attention = False
+        self.attention = None
 
     def _split_heads(self, x):
         return x.reshape([0, 0, self.num_heads, self.head_dim])  # (B, T, heads, d), the layout SDPA takes
@@ -108,10 +112,18 @@ class Attention(nn.Layer):
             q = q if q_scale == 1.0 else q * q_scale
             drop = self.attn_drop.p if self.training else 0.0
             return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, training=self.training)
+        attn = self.attn_drop(self._probs(q, k))
+        return paddle.matmul(attn, v.transpose([0, 2, 1, 3])).transpose([0, 2, 1, 3])
+
+    def _probs(self, q, k):
+        """softmax(scale q k^T): (B, heads, T, T') from (B, T, heads, d) q and (B, T', heads, d) k."""
         q = (q * self.scale).transpose([0, 2, 1, 3])  # (B, heads, T, d)
-        k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
-        attn = self.attn_drop(F.softmax(paddle.matmul(q, k, transpose_y=True), axis=-1))
-        return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
+        return F.softmax(paddle.matmul(q, k.transpose([0, 2, 1, 3]), transpose_y=True), axis=-1)
+
+    def _key_grid(self, h: int, w: int):
+        conv = self.conv_proj_k.conv  # its padding is the int this class passed
+        return tuple((n + 2 * conv._padding - conv._kernel_size[i]) // conv._stride[i] + 1
+                     for i, n in enumerate((h, w)))
 
     def forward(self, x, h: int, w: int):
         if self.with_cls_token:
@@ -125,6 +137,9 @@ class Attention(nn.Layer):
         q = self._split_heads(self.proj_q(q))
         k = self._split_heads(self.proj_k(k))
         v = self._split_heads(self.proj_v(v))
+        if self.keep_attention:  # queries: the cls token (if any), then the h x w grid; keys: cls, then key_grid
+            self.attention = dict(probs=self._probs(q, k).detach(), query_grid=(h, w),
+                                  key_grid=self._key_grid(h, w), cls_token=self.with_cls_token)
         x = self._attend(q, k, v).flatten(2)  # (B, T, C)
         return self.proj_drop(self.proj(x))
 
@@ -160,6 +175,34 @@ class ConvEmbed(nn.Layer):
         return self.norm(x.flatten(2).transpose([0, 2, 1])), h, w  # (B, H*W, C)
 
 
+def _recompute(block: nn.Layer, x, h: int, w: int):
+    """block(x, h, w) keeping only its input for backward, which runs the block again (Paddle's recompute).
+
+    The second run starts from the first run's RNG state, so drop path and dropout draw the same masks and
+    the gradients are the plain run's; the BatchNorm running statistics it would move a second time, and the
+    RNG state, are put back after it. The RNG state is handled here: Paddle 2.6's own `preserve_rng_state` is
+    GPU-only in the non-reentrant recompute, the one DataParallel's gradient hooks work with.
+    """
+    from paddle.distributed.fleet.utils import recompute  # (Paddle 2.6 and 3.x) loads fleet: only when used
+    running = [buffer for layer in block.sublayers() if isinstance(layer, nn.BatchNorm2D)
+               for buffer in (layer._mean, layer._variance)]
+    forward_rng = []
+
+    def run(x):
+        if not forward_rng:  # the forward pass
+            forward_rng.append(paddle.get_rng_state())
+            return block(x, h, w)
+        rng, statistics = paddle.get_rng_state(), [buffer.clone() for buffer in running]  # in backward
+        paddle.set_rng_state(forward_rng[0])
+        out = block(x, h, w)
+        paddle.set_rng_state(rng)
+        for buffer, value in zip(running, statistics):
+            buffer.set_value(value)
+        return out
+
+    return recompute(run, x, preserve_rng_state=False, use_reentrant=False)
+
+
 class Stage(nn.Layer):
     """One CvT stage: conv token embedding, optional cls token, `depth` blocks; no position embedding."""
 
@@ -183,6 +226,7 @@ class Stage(nn.Layer):
                   padding_kv=padding_kv, with_cls_token=with_cls_token)
             for rate in rates
         ])
+        self.grad_checkpointing = False
 
     def forward(self, x):
         x, h, w = self.patch_embed(x)
@@ -190,8 +234,9 @@ class Stage(nn.Layer):
         if self.cls_token is not None:
             x = paddle.concat([self.cls_token.expand([x.shape[0], -1, -1]), x], axis=1)
         x = self.pos_drop(x)
+        checkpoint = self.grad_checkpointing and paddle.in_dynamic_mode() and not x.stop_gradient
         for block in self.blocks:
-            x = block(x, h, w)
+            x = _recompute(block, x, h, w) if checkpoint else block(x, h, w)
         if self.cls_token is not None:
             cls_token, x = paddle.split(x, [1, -1], axis=1)
         x = x.transpose([0, 2, 1]).reshape([0, 0, h, w])  # (B, C, H, W)
@@ -238,23 +283,132 @@ class ConvolutionalVisionTransformer(nn.Layer):
         elif isinstance(layer, nn.Conv2D):
             _torch_default_conv_init(layer)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward instead of keeping its activations (timm's name): less memory,
+        one more forward per step; gradients, drop path draws and BatchNorm statistics stay the plain run's."""
+        for i in range(self.num_stages):
+            getattr(self, f'stage{i}').grad_checkpointing = enable
+
     def no_weight_decay_names(self):
         """Parameters excluded from weight decay by name: the cls tokens (biases and norms go by rule)."""
         return {f'stage{i}.cls_token' for i in range(self.num_stages)}
 
     def forward_features(self, x):
+        """Pre-logits features (B, C): the normed stage-3 cls token, or the normed mean token without one."""
         cls_token = None
         for i in range(self.num_stages):
             x, cls_token = getattr(self, f'stage{i}')(x)
+        return self._pool(x, cls_token)
+
+    def _pool(self, x, cls_token):
         if self.use_cls_token:
             return self.norm(cls_token).squeeze(1)  # (B, C); squeeze(1) keeps batch size 1 intact
         return self.norm(x.flatten(2).transpose([0, 2, 1])).mean(axis=1)
 
-    def forward_head(self, x):
-        return self.head(x)
+    def forward_head(self, x, pre_logits: bool = False):
+        """Logits from `forward_features`' output; with `pre_logits` that output itself, as timm has it."""
+        return x if pre_logits else self.head(x)
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
+
+    @property
+    def feature_info(self) -> List[dict]:
+        """Per stage, as timm's `feature_info`: channels, stride against the input and the layer's name."""
+        return _feature_info(self)
+
+    def forward_intermediates(self, x, indices: Union[int, Sequence[int], None] = None, norm: bool = False,
+                              output_fmt: str = 'NCHW', intermediates_only: bool = False):
+        """Stage maps (strides 4/8/16) of the stages in `indices` (an int n: the last n; default: all),
+        each (B, C, H, W) or with `output_fmt='NHWC'` (B, H, W, C); with `norm`, the final LayerNorm is
+        applied to the last stage's map. Unless `intermediates_only`, returns (forward_features' output,
+        maps) from the same pass: `forward_head` of the first is the model's logits."""
+        take = _take_indices(self.num_stages, indices)
+        maps, x, cls_token = _stage_maps(self, x, take, norm=self.norm if norm else None, output_fmt=output_fmt,
+                                         stop_early=intermediates_only)
+        return maps if intermediates_only else (self._pool(x, cls_token), maps)
+
+    def get_classifier(self) -> nn.Layer:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised head for `num_classes` outputs (0: no head, forward gives features)."""
+        self.num_classes = num_classes
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.apply(self._init_weights)
+        if hasattr(self, 'default_cfg'):
+            self.default_cfg['num_classes'] = num_classes
+
+
+OUTPUT_FORMATS = ('NCHW', 'NHWC')
+
+
+def _check_output_fmt(output_fmt: str) -> str:
+    if output_fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"output_fmt: expected one of {', '.join(OUTPUT_FORMATS)}, got '{output_fmt}'")
+    return output_fmt
+
+
+def _feature_info(model) -> List[dict]:
+    reduction, info = 1, []
+    for i in range(model.num_stages):
+        embed = getattr(model, f'stage{i}').patch_embed.proj
+        reduction *= embed._stride[0]
+        info.append(dict(num_chs=embed.weight.shape[0], reduction=reduction, module=f'stage{i}'))
+    return info
+
+
+def _take_indices(num_stages: int, indices: Union[int, Sequence[int], None], name: str = 'indices') -> List[int]:
+    """Sorted stage indices from None (all), an int n (the last n) or a list (negative counts from the end)."""
+    if indices is None:
+        return list(range(num_stages))
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f'{name}: expected 1..{num_stages} (the last n stages), got {indices}')
+        return list(range(num_stages - indices, num_stages))
+    indices = list(indices)
+    if not indices or any(not -num_stages <= i < num_stages for i in indices) \
+            or len({i % num_stages for i in indices}) != len(indices):
+        raise ValueError(f'{name}: expected distinct stage indices in -{num_stages}..{num_stages - 1}, '
+                         f'got {indices}')
+    return sorted(i % num_stages for i in indices)
+
+
+def _stage_maps(model, x, take: Sequence[int], norm=None, output_fmt: str = 'NCHW', stop_early: bool = False):
+    """Run `model`'s stages (attributes stage0.. of a CvT or a CvTFeatures); returns (the maps of the stages in
+    `take`, the last stage run's map and cls token). `norm` (a LayerNorm) is applied to the last stage's map."""
+    _check_output_fmt(output_fmt)
+    last = take[-1] if stop_early else model.num_stages - 1
+    maps, cls_token = [], None
+    for i in range(last + 1):
+        x, cls_token = getattr(model, f'stage{i}')(x)
+        if i in take:
+            out = x
+            if norm is not None and i == model.num_stages - 1:
+                out = norm(out.transpose([0, 2, 3, 1])).transpose([0, 3, 1, 2])  # over channels
+            maps.append(out.transpose([0, 2, 3, 1]) if output_fmt == 'NHWC' else out)  # (B, H, W, C)
+    return maps, x, cls_token
+
+
+class CvTFeatures(nn.Layer):
+    """A CvT as a multi-scale backbone (`create_model(..., features_only=True)`): forward gives the maps of
+    the stages in `out_indices`, (B, C, H, W) at strides 4/8/16. It keeps the stages it needs (their
+    parameter names unchanged, so its state dict is a subset of the classifier's) and drops norm and head."""
+
+    def __init__(self, model: ConvolutionalVisionTransformer, out_indices: Sequence[int] = (0, 1, 2),
+                 output_fmt: str = 'NCHW'):
+        super().__init__()
+        self.out_indices = _take_indices(model.num_stages, out_indices, 'out_indices')
+        self.output_fmt = _check_output_fmt(output_fmt)
+        self.num_stages = self.out_indices[-1] + 1
+        for i in range(self.num_stages):
+            setattr(self, f'stage{i}', getattr(model, f'stage{i}'))
+        self.feature_info = [info for i, info in enumerate(_feature_info(model)) if i in self.out_indices]
+        self.default_cfg = dict(getattr(model, 'default_cfg', {}), num_classes=0)
+        self.num_classes = 0
+
+    def forward(self, x):
+        return _stage_maps(self, x, self.out_indices, output_fmt=self.output_fmt)[0]
 
 
 def _cfg(size: int, **kwargs) -> dict:

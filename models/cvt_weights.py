@@ -7,13 +7,16 @@ PaddleClas `.pdparams` (same names as ours), and this repo's own state dicts and
 """
 import os
 import re
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
 
 from utils import weights
 from utils.download import DownloadError, cache_path, download_url
+
+from .cvt import _ARCH
+from .registry import list_models
 
 # Known public weights per model, found in the sources named. The first entry of each model is
 # what the bare model name resolves to; 'name.source' picks another (e.g. 'cvt_13_384x384.hf_in22k').
@@ -93,10 +96,11 @@ def _offline_hint(tag: str, url: str, reason: str) -> str:
     model = tag.partition('.')[0]
     file_name = url.rsplit('/', 1)[-1]
     others = [f'{model}.{s} ({u})' for s, u in PRETRAINED_URLS[model].items() if u != url]
+    # No flag named: the tag came from --pretrained, --finetune or --resume, whichever the script has.
     lines = [f'{tag}: cannot download {url} ({reason}). Fetch that file on a machine with network access, then either',
-             f'  put it at {cache_path(url)} (then --pretrained {tag} works offline), or',
+             f'  put it at {cache_path(url)} (then the tag {tag} works offline), or',
              f'  run python tools/convert_weights.py {file_name} {model}.pdparams --model {model} '
-             f'and pass --pretrained {model}.pdparams']
+             f'and give {model}.pdparams in place of the tag']
     if others:
         lines.append(f'other sources of {model}: {", ".join(others)}')
     lines.append('every tag, URL and cache path: python tools/convert_weights.py --list')
@@ -203,6 +207,50 @@ def load_weights(model: paddle.nn.Layer, source: str, *, key: Optional[str] = No
     `skip_if_mismatched`, `content` (the file already read, by a caller that needs more of it) and the
     report returned.
     """
-    report = weights.load_weights(model, resolve_source(source), key=key, convert=checkpoint_filter_fn,
-                                  skip_if_mismatched=skip_if_mismatched, content=content)
+    path = resolve_source(source)
+    try:
+        report = weights.load_weights(model, path, key=key, convert=checkpoint_filter_fn,
+                                      skip_if_mismatched=skip_if_mismatched, content=content)
+    except ValueError:
+        other = _other_model_in(path, model, key, content)
+        if other is None:
+            raise
+        name = model.default_cfg.get('architecture', 'the model')
+        raise ValueError(f'{path}: this checkpoint is {other[0]}, not {name}: pass --model {other[0]}'
+                         + (f' (or {", ".join(other[1:])}, the same weights at another input size)'
+                            if other[1:] else '')) from None
     return dict(report, source=source)
+
+
+_BLOCK_KEY = re.compile(r'^stage(\d+)\.blocks\.(\d+)\.')
+
+
+def _layout(state_dict: Dict[str, np.ndarray]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(blocks per stage, embedding width per stage) of a state dict in this repo's names."""
+    blocks: Dict[int, int] = {}
+    for name in state_dict:
+        match = _BLOCK_KEY.match(name)
+        if match:
+            stage, block = int(match.group(1)), int(match.group(2))
+            blocks[stage] = max(blocks.get(stage, 0), block + 1)
+    widths = tuple(int(state_dict[f'stage{i}.patch_embed.proj.weight'].shape[0]) for i in sorted(blocks)
+                   if f'stage{i}.patch_embed.proj.weight' in state_dict)
+    return tuple(blocks[i] for i in sorted(blocks)), widths
+
+
+def _other_model_in(path: str, model: paddle.nn.Layer, key: Optional[str], content: Any = None) -> Optional[List[str]]:
+    """The registered models whose layout a weight file that does not fit `model` has (the one its run
+    recorded first), or None when the file has the model's own layout (a head or a key differs) or no
+    registered one. `content`: the file as already read, if it was."""
+    if content is None:
+        content = weights.read_weight_file(path)
+    try:
+        held = _layout(checkpoint_filter_fn(weights.state_dict_from(content, path, key=key))[0])
+    except ValueError:
+        return None
+    if held == _layout(model.state_dict()):
+        return None
+    families = [f for f, arch in _ARCH.items() if (tuple(arch['depths']), tuple(arch['dims'])) == held]
+    names = [n for n in list_models() if any(n == f or n.startswith(f + '_') for f in families)]
+    recorded = weights.recorded_run(path, content)[0].get('model')
+    return sorted(names, key=lambda n: n != recorded) or None

@@ -1,8 +1,7 @@
-"""Name -> constructor registry for the model zoo, with each variant's default cfg attached."""
+"""Name -> constructor registry for the model zoo, with each variant's default cfg attached (models/factory.py
+builds from it)."""
 import difflib
-from typing import Callable, Dict, List, Optional
-
-from .cvt_weights import load_weights
+from typing import Callable, Dict, List
 
 _MODELS: Dict[str, Callable] = {}
 _CFGS: Dict[str, dict] = {}
@@ -22,10 +21,17 @@ def list_models() -> List[str]:
     return sorted(_MODELS)
 
 
+def similar_models(name: str) -> List[str]:
+    """Registered names `name` most likely meant: those it begins (`cvt_13` -> both cvt_13 sizes), else
+    the closest spellings."""
+    extending = [m for m in list_models() if m.startswith(name)]
+    return extending or difflib.get_close_matches(name, _MODELS, n=2)
+
+
 def _check_name(name: str) -> None:
     if name not in _MODELS:
-        close = difflib.get_close_matches(name, _MODELS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ''
+        close = similar_models(name)
+        hint = f" (did you mean {' or '.join(repr(m) for m in close)}?)" if close else ''
         raise ValueError(f"unknown model '{name}'{hint}; available: {', '.join(list_models())}")
 
 
@@ -35,12 +41,10 @@ def get_model_cfg(name: str) -> dict:
     return dict(_CFGS[name])
 
 
-def create_model(name: str, pretrained: Optional[str] = None, **overrides):
-    """Build a registered model; `overrides` (num_classes, drop_path_rate, drop_rate, ...) go to
-    the constructor, `pretrained` (path, URL or known tag) is loaded strictly."""
+def build_registered(name: str, **overrides):
+    """The registered constructor of `name` called with `overrides`, its default cfg attached (num_classes
+    as built); models.create_model adds weights and the backbone form."""
     _check_name(name)
     model = _MODELS[name](**overrides)
     model.default_cfg = dict(_CFGS[name], num_classes=model.num_classes)
-    if pretrained:
-        load_weights(model, pretrained)
     return model

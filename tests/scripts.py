@@ -1,4 +1,7 @@
-"""Running the repo's scripts in-process from tests: their main(), and a user error's one line."""
+"""Running the repo's scripts in-process from tests: their main(), a user error's one line, and the flags
+its hints name, checked against the parser of the script each belongs to."""
+import functools
+import re
 import runpy
 from pathlib import Path
 
@@ -31,6 +34,37 @@ def one_line_error(path: str, argv, capsys) -> str:
     err = without_log_lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith('error: '), err
     return err[0]
+
+
+@functools.lru_cache(maxsize=None)
+def script_flags(script: str) -> frozenset:
+    """Every option string of a script's parser (path relative to the repo root), as a user can type it."""
+    if script == 'train.py':
+        from training.args import build_train_parser
+        parser = build_train_parser()
+    else:
+        parser = runpy.run_path(str(ROOT / script))['build_parser']()
+    return frozenset(flag for action in parser._actions for flag in action.option_strings)
+
+
+# A flag (`--name`), or an option spelt as a Python keyword (`name='value'`), which a user would type as `--name`.
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9_]*)|\b([a-z][a-z0-9_]*)='")
+_CLAUSE_END = re.compile(r'[;()\n]|, ')
+_SCRIPT = re.compile(r'(?<![\w/.-])((?:tools/)?[a-z_]+\.py)\b')
+
+
+def assert_hint_flags_accepted(script: str, message: str) -> set:
+    """Every flag `message` names must be one its script accepts: the script named last before the flag in
+    its clause (`, or train.py --finetune`), else `script`, the one that printed it. Returns the flags found."""
+    found = set()
+    for match in _FLAG.finditer(message):
+        flag = '--' + (match.group(1) or match.group(2))
+        clause = _CLAUSE_END.split(message[:match.start()])[-1]
+        named = _SCRIPT.findall(clause)
+        owner = named[-1] if named else script
+        assert flag in script_flags(owner), f'{owner} has no {flag}, named in: {message}'
+        found.add(flag)
+    return found
 
 
 def export_tiny(root: Path, num_classes: int, *flags: str) -> Path:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from models import list_models
-from training.args import build_train_parser
+from training.args import FINETUNE_REQUIRED, build_train_parser
 from utils.config import load_config_file, parse_args
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs' / 'train' / 'cvt'
@@ -64,11 +64,11 @@ def test_official_recipe_cites_its_source(name):
     assert source in (CONFIG_DIR / f'{name}.yaml').read_text()
 
 
-def test_finetune_recipes_leave_placeholders_to_fill():
+def test_finetune_recipes_require_weights():
     ft384 = _load('finetune_384_from_224')
-    assert ft384.model.endswith('384x384') and ft384.finetune is None and ft384.num_classes == 1000
+    assert ft384.model.endswith('384x384') and ft384.finetune == FINETUNE_REQUIRED and ft384.num_classes == 1000
     assert (ft384.opt, ft384.momentum, ft384.base_batch_size, ft384.weight_decay) == ('sgd', 0.9, 512, 0.0)
     custom = load_config_file(str(CONFIG_DIR / 'finetune_custom.yaml'))
-    assert custom['finetune'] is None and custom['num_classes'] is None
+    assert custom['finetune'] == FINETUNE_REQUIRED and custom['num_classes'] is None
     assert _load('finetune_custom').model == 'cvt_13_224x224'
 

@@ -92,3 +92,13 @@ def test_continuation_comments_are_caught():
         shell_commands('```bash\npython train.py \\\n# the data\n  /data\n```\n')
     assert shell_commands('```bash\npython train.py \\\n  /data --lr 1  # absolute\n```\n') == [
         (2, 'python train.py /data --lr 1  # absolute')]
+
+
+def test_the_readmes_export_folder_is_ignored_by_git(readme_commands):
+    if subprocess.run(['git', 'rev-parse'], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip('not a git checkout')
+    exports = {tokens[tokens.index('--output') + 1].split('/')[0] for _, _, tokens in readme_commands
+               if 'export_model.py' in tokens and '--output' in tokens}
+    assert exports == {'inference'}
+    ignored = subprocess.run(['git', 'check-ignore', '-q', 'inference/cvt_13_224x224/inference.pdiparams'], cwd=ROOT)
+    assert ignored.returncode == 0

@@ -32,7 +32,7 @@ NUM_RANDOM_IMAGES = 4
 def build_parser() -> argparse.ArgumentParser:
     parser = script_parser('check_export.py', __doc__)
     parser.add_argument('--model_dir', required=True, metavar='DIR', help='export_model.py output folder')
-    add_weight_args(parser, required=False)
+    add_weight_args(parser)
     add_image_args(parser, required=False, help=f'images, folders or globs (default: {NUM_RANDOM_IMAGES} seeded '
                                                 f'random-pixel images)')
     parser.add_argument('--atol', type=float, default=1e-5, help='largest allowed |probability difference|')

@@ -5,6 +5,10 @@ The parser machinery (YAML defaults, `-o`, one-line errors, args.yaml) is utils/
 import argparse
 
 from utils.config import ArgumentParser, HelpFormatter, add_bool, add_config_args, optional_str
+from utils.env import default_num_workers
+
+# `finetune: required` in a recipe: train.py refuses to start until --finetune names weights (or 'none').
+FINETUNE_REQUIRED = 'required'
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -29,7 +33,11 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="eval resizes to input_size / crop_pct, then centre-crops (default: the model's)")
     g.add_argument('--batch_size', type=int, default=256,
                    help='images per process and step; global batch = batch_size x world size x update_freq')
-    g.add_argument('--num_workers', type=int, default=6, help='data loader worker processes per GPU')
+    g.add_argument('--min_updates_per_epoch', type=int, default=0, metavar='N',
+                   help='lower --batch_size when the training set is too small for N optimizer updates per '
+                        'epoch (small fine-tuning sets); 0: keep --batch_size')
+    g.add_argument('--num_workers', type=int, default=default_num_workers(6),
+                   help='data loader worker processes per GPU (default: 6, at most the CPU cores per process)')
     add_bool(g, 'use_shared_memory', True,
              'pass batches from loader workers through shared memory (turn off when /dev/shm is small)')
     g.add_argument('--bad_image_policy', default='skip', choices=('skip', 'error'),
@@ -40,11 +48,15 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--model', default='cvt_13_224x224', help='registered model name (models.list_models())')
     g.add_argument('--pretrained', default=None, metavar='WEIGHTS',
                    help='weights (path or known tag) loaded before training; all keys and shapes must match')
-    g.add_argument('--finetune', default=None, metavar='WEIGHTS',
+    g.add_argument('--finetune', type=optional_str, default=None, metavar='WEIGHTS',
                    help='weights to start a new run from; the head is re-initialised when its shape differs '
-                        'from --num_classes; optimizer state and epoch are not taken over')
+                        'from --num_classes; optimizer state and epoch are not taken over. A recipe with '
+                        f"'finetune: {FINETUNE_REQUIRED}' needs it; 'none' trains such a recipe from random weights")
     g.add_argument('--num_classes', type=int, default=None,
                    help='classifier outputs (default: the number of classes in the training data)')
+    add_bool(g, 'grad_checkpointing', False,
+             'recompute each transformer block in backward instead of storing its activations: less memory, '
+             'about one more forward per step, the same gradients (README "Gradient checkpointing")')
 
     g = parser.add_argument_group('optimizer')
     g.add_argument('--opt', default='adamw', choices=('adamw', 'sgd'), help='optimizer')

@@ -30,8 +30,10 @@ step whatever is left when the main process exits is killed. So:
   DataLoader process ... is killed by signal: Terminated` in the middle of the step or the save; a second
   SIGTERM arriving inside that C++ handler deadlocks the worker on its shared-memory mutex, which is how
   workers are left behind with PPID 1. They serve the parent until it ends them (the loader's
-  `shutdown_workers`, which train.py calls as the run ends), and leave on their own `WORKER_GRACE_S` after a
-  SIGTERM if it never does (an orphan's ParentWatchDog exit blocks flushing its result queue).
+  `shutdown_workers`, which train.py calls as the run ends and the loader's exit hook at any exit), and
+  leave on their own `WORKER_GRACE_S` after a SIGTERM if it never does (an orphan's ParentWatchDog exit
+  blocks flushing its result queue). A parent that dies outright (SIGKILL, the OOM killer) takes them with
+  it (`end_with_parent`, the kernel's parent-death signal).
 
 Paddle installs a C++ handler for SIGTERM at import (the `FatalError: Termination signal` dump);
 installing this handler after `import paddle` replaces it. Do not call `paddle.disable_signal_handler()`

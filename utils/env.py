@@ -80,8 +80,7 @@ WORKER_THREADS_ENV = 'CVT_WORKER_THREADS'
 
 def threads_per_rank(cores: Optional[int] = None, environ=os.environ) -> int:
     """This machine's CPUs (those this process may run on) shared by the ranks the launcher put on it."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    cores = usable_cores() if cores is None else cores
     return max(1, cores // max(1, int(environ.get(LOCAL_RANKS_ENV) or 1)))
 
 
@@ -118,9 +117,20 @@ def limit_worker_threads() -> int:
     return threads
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
 def cpu_threads() -> int:
     """The math-library thread count of this process (the default of every --cpu_threads flag)."""
     return int(os.environ['OMP_NUM_THREADS'])
+
+
+def default_num_workers(cap: int) -> int:
+    """Loader workers per process: `cap`, but no more than this machine's cores per local process
+    (`threads_per_rank`), and at least one."""
+    return min(cap, threads_per_rank())
 
 
 def _flush_all_output() -> None:

@@ -3,7 +3,7 @@
 A crash or power loss at any point leaves either the old file or the new one, never a torn one
 (the rename is atomic; the fsyncs make the data and the rename reach the disk, as SQLite and
 git do). A full disk, a read-only folder or a forbidden one ends in a `StorageError` naming the
-target; the previous file stays and no temp file is left behind.
+target (the user's path, never the temp file); the previous file stays and no temp file is left behind.
 """
 import contextlib
 import errno
@@ -18,7 +18,8 @@ os.umask(_UMASK)
 # errno -> what the user has to fix; other OSErrors (bugs, vanished files) keep their traceback.
 _STORAGE_ERRNOS = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'disk quota exceeded',
                    errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied',
-                   errno.EPERM: 'operation not permitted'}
+                   errno.EPERM: 'operation not permitted', errno.EISDIR: 'it is a folder; name a file',
+                   errno.ENOTDIR: 'a parent in its path is a file, not a folder'}
 
 
 class StorageError(OSError):

@@ -8,7 +8,8 @@ atomically. What names a family's published files use, and where they are, is th
 (models/cvt_weights.py hands its `checkpoint_filter_fn` in as `convert`).
 """
 import os
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+import zipfile
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -54,6 +55,20 @@ def read_weight_file(path: str) -> Any:
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path}: no such file')
     return _read_safetensors(path) if is_safetensors(path) else load_checkpoint(path)
+
+
+def recorded_run(path: str, content: Any) -> Tuple[dict, Optional[List[str]]]:
+    """(resolved settings, class names) of the training run a train.py checkpoint stores (its 'args' and
+    'class_names' entries), or ({}, None); `content` is the file at `path` as `read_weight_file` returned it.
+
+    A checkpoint carries its run's model, class count, eval preprocessing and class names this way, so
+    eval, predict and export use what training used without repeating flags, whatever the file is called
+    or where it lies. Torch zips and safetensors (released weights) carry neither.
+    """
+    if zipfile.is_zipfile(path) or is_safetensors(path) or not isinstance(content, dict):
+        return {}, None
+    args, names = content.get('args'), content.get('class_names')
+    return (args if isinstance(args, dict) else {}), (list(names) if isinstance(names, (list, tuple)) else None)
 
 
 def state_dict_from(content: Any, path: str, key: Optional[str] = None) -> Dict[str, np.ndarray]:

@@ -215,3 +215,18 @@ def test_class_names_that_differ_are_refused_naming_the_folder(found, message):
     check_class_names('val', ['a', 'b', 'c'], ['a', 'b', 'c'], 'the checkpoint C')  # the same names pass
     with pytest.raises(ValueError, match=message):
         check_class_names('val', found, ['a', 'b', 'c'], 'the checkpoint C')
+
+
+def test_animated_gif_is_found_and_read_as_its_first_frame_in_rgb(tiny_imagefolder):
+    from PIL import Image
+    frames = [Image.new('P', (40, 48), color) for color in (3, 200)]
+    for frame in frames:
+        frame.putpalette([v for i in range(256) for v in (i, 255 - i, 7)])
+    gif = tiny_imagefolder / 'train' / 'n02' / 'moving.GIF'
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    ds = build_dataset(str(tiny_imagefolder), 'train', num_classes=3)
+    paths = [ds.path(i) for i in range(len(ds))]
+    assert str(gif) in paths and len(ds) == 13
+    image, label = ds[paths.index(str(gif))]
+    assert label == 1 and image.shape == (48, 40, 3)
+    assert image[0, 0].tolist() == [3, 252, 7]  # the first frame's colour, through the palette

@@ -2,12 +2,15 @@
 persistent workers, uint8 transfer with normalisation and random erasing on the device."""
 import gc
 import os
+import signal
+import threading
 import time
 
 import numpy as np
 import paddle
 import pytest
 
+from datasets import loader as loader_module
 from datasets.imagenet import build_dataset
 from datasets.loader import NormalizeOnDevice, build_loader
 from datasets.random_erasing import RandomErasing
@@ -116,14 +119,15 @@ def test_error_policy_raises_one_line_from_the_loader(tiny_imagefolder, noisy_tr
     bad.write_bytes(b'junk')
     ds = build_dataset(str(tiny_imagefolder), 'train', transform=noisy_transform, bad_image_policy='error')
     loader = build_loader(ds, 12, is_train=True, num_workers=0)
-    with pytest.raises(ValueError, match=f"^{bad}: unreadable image .*bad_image_policy='skip'"):
+    with pytest.raises(ValueError, match=f"^{bad}: unreadable image .*replace or remove that file$"):
         _epoch(loader, 0)
 
 
 def test_loader_argument_errors(train_set):
     with pytest.raises(ValueError, match='eval loader: repeated_aug, drop_last and update_freq must be off'):
         build_loader(train_set, 4, is_train=False, drop_last=True)
-    with pytest.raises(ValueError, match=r'12 images give no batch of 16 on each of 1 rank\(s\)'):
+    with pytest.raises(ValueError, match=r'12 images give no batch of 16 on each of 1 rank\(s\) .*; '
+                                         r'lower --batch_size or add images'):
         build_loader(train_set, 16, is_train=True)
 
 
@@ -245,7 +249,7 @@ def test_update_freq_yields_only_whole_accumulation_groups(train_set):
     assert loader.batch_sampler.num_batches == 4  # 6 batches of 2, one whole group of 4
     assert len(_epoch(loader, 0)) == 4
     with pytest.raises(ValueError, match=r'12 images give no batch of 4 in groups of update_freq=4 on each of 1 '
-                                         r'.*lower batch_size or update_freq'):
+                                         r'.*lower --batch_size or --update_freq'):
         build_loader(train_set, 4, is_train=True, update_freq=4)
 
 
@@ -297,3 +301,32 @@ def test_normalize_on_device_erases_boxes_with_the_mode_fill(mode):
         assert x[erased].std() > 0.5
     np.testing.assert_array_equal(stage(images, sample_seeds=[11, 12]).numpy(), x)
     assert not np.array_equal(stage(images, sample_seeds=[12, 11]).numpy(), x)
+
+
+class _StuckAfter(_Pids):
+    """The first `readable` samples are the reading process's pid; reading any later one never returns."""
+
+    def __init__(self, size, readable):
+        super().__init__(size)
+        self.readable = readable
+
+    def __getitem__(self, index):
+        if index >= self.readable:
+            time.sleep(3600)  # a read from a hung network file system
+        return super().__getitem__(index)
+
+
+def test_shutdown_kills_a_worker_stuck_in_a_read(monkeypatch):
+    monkeypatch.setattr(loader_module, 'WORKER_SHUTDOWN_S', 0.5)
+    loader = build_loader(_StuckAfter(8, readable=2), 1, is_train=False, num_workers=2)
+    batches = iter(loader)
+    workers = {int(next(batches)[0].numpy()[0, 0]) for _ in range(2)}  # one each; then both are stuck
+    shutdown = threading.Thread(target=loader.shutdown_workers, daemon=True)
+    shutdown.start()
+    shutdown.join(timeout=60)
+    try:
+        assert not shutdown.is_alive(), 'shutdown_workers waits for a worker that never reads its stop token'
+        assert len(workers) == 2 and _wait_ended(workers)
+    finally:
+        for pid in filter(_running, workers):
+            os.kill(pid, signal.SIGKILL)

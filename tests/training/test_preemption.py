@@ -20,17 +20,23 @@ def test_a_signal_requests_a_stop_instead_of_ending_the_process(signum):
         assert preemption.reason() == signal.Signals(signum).name
 
 
-def test_previous_handlers_come_back():
+@pytest.mark.parametrize('sigint_before', [signal.default_int_handler, signal.SIG_IGN],
+                         ids=['interactive', 'background'])
+def test_previous_handlers_come_back(sigint_before):
+    # Set, not inherited: a shell starts a background job with SIGINT ignored, which Python keeps.
     def mine(signum, frame):
         pass
-    previous = signal.signal(signal.SIGUSR1, mine)
+    previous = {signum: signal.signal(signum, handler)
+                for signum, handler in ((signal.SIGUSR1, mine), (signal.SIGINT, sigint_before))}
     try:
         with PreemptionHandler():
             assert signal.getsignal(signal.SIGUSR1) is not mine
+            assert signal.getsignal(signal.SIGINT) is not sigint_before
         assert signal.getsignal(signal.SIGUSR1) is mine
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is sigint_before
     finally:
-        signal.signal(signal.SIGUSR1, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def test_repeated_sigterm_is_only_counted():

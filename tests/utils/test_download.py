@@ -115,9 +115,9 @@ def test_offline_tag_names_the_urls_cache_path_and_convert_command(unreachable_u
         cvt_weights.resolve_source('cvt_tiny')
     lines = str(info.value).splitlines()
     assert lines[0].startswith(f'cvt_tiny: cannot download {unreachable_url} (') and 'refused' in lines[0]
-    assert lines[1] == f'  put it at {cache_path(unreachable_url)} (then --pretrained cvt_tiny works offline), or'
+    assert lines[1] == f'  put it at {cache_path(unreachable_url)} (then the tag cvt_tiny works offline), or'
     assert lines[2] == ('  run python tools/convert_weights.py pytorch_model.bin cvt_tiny.pdparams --model cvt_tiny '
-                        'and pass --pretrained cvt_tiny.pdparams')
+                        'and give cvt_tiny.pdparams in place of the tag')
     assert lines[3] == f'other sources of cvt_tiny: cvt_tiny.paddleclas ({paddleclas})'
     assert lines[4] == 'every tag, URL and cache path: python tools/convert_weights.py --list'
     assert not (tmp_path / 'cache').exists()

@@ -1,5 +1,6 @@
 """CPU runtime settings made before paddle loads: threads, MKL's AVX2 path on AMD, Pillow before paddle."""
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,19 @@ def test_loader_workers_use_one_math_thread_unless_told_otherwise():
     # the rank itself: 2 threads; its worker: OMP_NUM_THREADS and numpy's BLAS pool at 1
     assert _fresh_env(WORKER_THREADS, OMP_NUM_THREADS='2') == ['2', '1', '1']
     assert _fresh_env(WORKER_THREADS, OMP_NUM_THREADS='2', CVT_WORKER_THREADS='2') == ['2', '2', '2']
+
+
+def test_loader_workers_default_to_at_most_the_cores_per_local_process(monkeypatch):
+    import utils.env
+    from training.args import build_train_parser
+    monkeypatch.setattr(utils.env, 'usable_cores', lambda: 2)
+    monkeypatch.delenv('PADDLE_LOCAL_SIZE', raising=False)
+    assert utils.env.default_num_workers(6) == 2 and utils.env.default_num_workers(1) == 1
+    monkeypatch.setenv('PADDLE_LOCAL_SIZE', '4')  # 4 ranks on 2 cores: still one worker each
+    assert utils.env.default_num_workers(6) == 1
+    monkeypatch.setattr(utils.env, 'usable_cores', lambda: 64)
+    assert utils.env.default_num_workers(6) == 6
+    monkeypatch.setattr(utils.env, 'usable_cores', lambda: 2)
+    monkeypatch.delenv('PADDLE_LOCAL_SIZE')
+    assert build_train_parser().get_default('num_workers') == 2  # train.py's 6 and eval.py's 4, on 2 cores
+    assert runpy.run_path(str(ROOT / 'eval.py'))['build_parser']().get_default('num_workers') == 2
