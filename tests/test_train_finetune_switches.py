@@ -40,7 +40,8 @@ def test_frozen_stage_and_statistics_survive_training_and_resume(digits, tmp_pat
 
     assert _train(digits, tmp_path, '--epochs', '3', *SWITCHES[:-1], '0.5') == 0
     assert 'changed since the checkpoint: epochs 2 -> 3, layer_decay 0.75 -> 0.5' in capsys.readouterr().out
-    with pytest.raises(ValueError, match=r'checkpoint-latest.pd: its optimizer state covers other parameters than '
-                                         r'this run trains .* saved with --freeze_stages 1, this run has 0: resume '
-                                         r'with --freeze_stages 1, or start a new run from its weights with --finetune'):
+    with pytest.raises(ValueError, match=r'checkpoint-latest.pd: its optimizer state covers other parameters '
+                                         r'than this run trains .* saved with --freeze_stages 1, this run has 0: '
+                                         r'resume with --freeze_stages 1, or start a new run from its weights with '
+                                         r'--finetune .* --experiment NAME'):
         _train(digits, tmp_path, '--epochs', '4', *SWITCHES[:8], '0')

@@ -337,7 +337,8 @@ def _check_optimizer_coverage(ckpt: Dict[str, Any], model, path: str, freeze_sta
     raise ValueError(f'{path}: its optimizer state covers other parameters than this run trains ({len(only_saved)} '
                      f'only in the checkpoint, e.g. {only_saved[:1]}; {len(only_trained)} only in this run, e.g. '
                      f'{only_trained[:1]}); it was saved with --freeze_stages {was}, this run has {freeze_stages}: '
-                     f'resume with --freeze_stages {was}, or start a new run from its weights with --finetune {path}')
+                     f'resume with --freeze_stages {was}, or start a new run from its weights with --finetune {path} '
+                     f'--experiment NAME')
 
 
 def differing_settings(saved: Dict[str, Any], current: Dict[str, Any], keys) -> Dict[str, tuple]:
