@@ -332,13 +332,15 @@ def _check_optimizer_coverage(ckpt: Dict[str, Any], model, path: str, freeze_sta
     trained = {name for name, param in model.named_parameters() if not param.stop_gradient}
     if not saved or saved == trained:
         return
-    only_saved, only_trained = sorted(saved - trained), sorted(trained - saved)
+
+    def count(names):
+        return f"{len(names)} ('{names[0]}', ...)" if names else '0'
     was = ckpt.get('args', {}).get('freeze_stages', 0)
-    raise ValueError(f'{path}: its optimizer state covers other parameters than this run trains ({len(only_saved)} '
-                     f'only in the checkpoint, e.g. {only_saved[:1]}; {len(only_trained)} only in this run, e.g. '
-                     f'{only_trained[:1]}); it was saved with --freeze_stages {was}, this run has {freeze_stages}: '
-                     f'resume with --freeze_stages {was}, or start a new run from its weights with --finetune {path} '
-                     f'--experiment NAME')
+    cause = (f'it was saved with --freeze_stages {was}, this run has {freeze_stages}: resume with --freeze_stages '
+             f'{was}, or ' if was != freeze_stages else '')
+    raise ValueError(f'{path}: its optimizer state covers other parameters than this run trains '
+                     f'({count(sorted(saved - trained))} only in the checkpoint, {count(sorted(trained - saved))} only '
+                     f'in this run); {cause}start a new run from its weights with --finetune {path} --experiment NAME')
 
 
 def differing_settings(saved: Dict[str, Any], current: Dict[str, Any], keys) -> Dict[str, tuple]:
