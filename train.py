@@ -29,6 +29,7 @@ from training.checkpoint import (IDENTITY_KEYS, LATEST, SCHEDULE_KEYS, Checkpoin
 from training.ema import ModelEma
 from training.engine import NonFiniteLossError, StopRequested, TrainState, train_one_epoch
 from training.evaluation import evaluate
+from training.finetune import apply_finetune_switches
 from training.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from training.optim import build_optimizer
 from training.preemption import PreemptionHandler
@@ -352,6 +353,7 @@ def build_model_and_data(args, rank: int, world_size: int):
     overrides = {k: v for k, v in dict(num_classes=args.num_classes, drop_path_rate=args.drop_path,
                                        drop_rate=args.drop).items() if v is not None}
     model = create_model(args.model, pretrained=args.pretrained, **overrides)
+    apply_finetune_switches(model, freeze_stages=args.freeze_stages, bn_eval=args.bn_eval)
     args.num_classes = model.num_classes
     if args.grad_checkpointing:
         model.set_grad_checkpointing()
@@ -371,7 +373,7 @@ def build_optimization(args, model, train_loader):
     """(model, optimizer, scheduler, amp, scaler); under O2 the model comes back with low-precision weights."""
     optimizer = build_optimizer(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                 betas=tuple(args.opt_betas), eps=args.opt_eps, momentum=args.momentum,
-                                grad_clip=args.clip_grad, clip_mode=args.clip_mode)
+                                grad_clip=args.clip_grad, clip_mode=args.clip_mode, layer_decay=args.layer_decay)
     steps_per_epoch = train_loader.batch_sampler.num_batches // args.update_freq  # whole groups: build_loader
     scheduler = CosineScheduler(args.lr, args.epochs, warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
                                 min_lr=args.min_lr, per_step=args.sched_on_updates, steps_per_epoch=steps_per_epoch)

@@ -58,6 +58,16 @@ def build_train_parser() -> argparse.ArgumentParser:
              'recompute each transformer block in backward instead of storing its activations: less memory, '
              'about one more forward per step, the same gradients (README "Gradient checkpointing")')
 
+    g = parser.add_argument_group('fine-tuning', 'for --finetune runs; all off by default')
+    g.add_argument('--layer_decay', type=float, default=None, metavar='D',
+                   help='layer-wise LR decay: LR x D^(L - depth), blocks numbered across the stages (a stage\'s '
+                        'patch embedding and cls token with its first block), final norm and head at L; e.g. 0.75')
+    g.add_argument('--freeze_stages', type=int, default=0, choices=(0, 1, 2, 3),
+                   help='stages 1..N get no gradient and no optimizer state; their BatchNorms keep their '
+                        'running statistics')
+    add_bool(g, 'bn_eval', False, 'every BatchNorm (the conv projections\') normalises with, and keeps, its '
+                                  'running statistics during training')
+
     g = parser.add_argument_group('optimizer')
     g.add_argument('--opt', default='adamw', choices=('adamw', 'sgd'), help='optimizer')
     g.add_argument('--lr', type=float, default=None,

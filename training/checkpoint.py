@@ -309,8 +309,11 @@ def _epoch_of(path: str) -> int:
 IDENTITY_KEYS = ('data_dir', 'cls_label_path_train', 'cls_label_path_val', 'model', 'num_classes', 'input_size')
 # The settings a resumed run takes from its flags, reported when they changed since the checkpoint. The
 # AMP settings are among them: `load_optimizer_state` converts the optimizer state exactly to the new level.
+# A changed freeze_stages trains other parameters than the saved optimizer state covers: refused by
+# `TrainingCheckpoint.load_state_dict` unless that state is empty.
 SCHEDULE_KEYS = ('epochs', 'lr', 'warmup_epochs', 'warmup_lr', 'min_lr', 'sched_on_updates', 'batch_size',
-                 'update_freq', 'world_size', 'amp', 'amp_dtype', 'amp_level')
+                 'update_freq', 'world_size', 'amp', 'amp_dtype', 'amp_level', 'layer_decay', 'freeze_stages',
+                 'bn_eval')
 
 
 class TrainingCheckpoint:
@@ -346,6 +349,7 @@ class TrainingCheckpoint:
     def load_state_dict(self, ckpt: Dict[str, Any], path: str) -> Dict[str, int]:
         """Restore everything `state_dict` saved; returns the position."""
         model = unwrap_model(self.model)
+        _check_optimizer_coverage(ckpt, model, path, self.args.get('freeze_stages'))
         apply_state_dict(model, state_dict_from(ckpt, path, key='model'), path=path)  # checks every name and shape
         load_optimizer_state(self.optimizer, model, ckpt['optimizer'], weights=ckpt['model'])
         if self.scaler is not None and ckpt.get('scaler'):
@@ -376,6 +380,27 @@ class TrainingCheckpoint:
             self.manager.copy_latest(BEST_EMA)
         if save_numbered:  # named by the finished epoch, as log.txt numbers it (the position is the next one)
             self.manager.save_numbered(record['epoch'])
+
+
+def _check_optimizer_coverage(ckpt: Dict[str, Any], model, path: str, freeze_stages) -> None:
+    """Refuse optimizer state saved for another set of trained parameters than this run's.
+
+    Paddle would keep the state of a parameter it does not train, and fail at the first update on one it
+    trains without state. An empty state (saved before the first update) fits any run.
+    """
+    saved = {key.split(_SEP, 1)[0] for key in ckpt.get('optimizer', {}) if _SEP in key}
+    trained = {name for name, param in model.named_parameters() if not param.stop_gradient}
+    if not saved or saved == trained:
+        return
+
+    def count(names):
+        return f"{len(names)} ('{names[0]}', ...)" if names else '0'
+    was = ckpt.get('args', {}).get('freeze_stages', 0)
+    cause = (f'it was saved with --freeze_stages {was}, this run has {freeze_stages}: resume with --freeze_stages '
+             f'{was}, or ' if was != freeze_stages else '')
+    raise ValueError(f'{path}: its optimizer state covers other parameters than this run trains '
+                     f'({count(sorted(saved - trained))} only in the checkpoint, {count(sorted(trained - saved))} only '
+                     f'in this run); {cause}start a new run from its weights with --finetune {path} --experiment NAME')
 
 
 def differing_settings(saved: Dict[str, Any], current: Dict[str, Any], keys) -> Dict[str, tuple]:
