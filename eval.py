@@ -25,6 +25,7 @@ from deploy.predictors import PredictorAsModel, build_predictor
 from models import resolve_source
 from training.amp import AmpConfig
 from training.evaluation import evaluate
+from training.graph import to_static
 from utils.distributed import init_distributed, is_main_process
 from utils.entrypoint import report
 
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group('run')
     run.add_argument('--amp', action='store_true', help='autocast (CUDA only), in --amp_dtype')
     run.add_argument('--amp_dtype', default='float16', choices=('float16', 'bfloat16'), help='autocast dtype')
+    run.add_argument('--to_static', action='store_true',
+                     help='run the dygraph model as one static graph (paddle.jit.to_static; CINN on a GPU with it)')
     run.add_argument('--output_json', metavar='FILE', help='also write the result here')
     run.add_argument('--debug', action='store_true', help='full traceback on errors')
     return parser
@@ -85,6 +88,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.model_dir and args.backend == DYGRAPH:
         raise ValueError('--backend dygraph runs a checkpoint (--model with --resume/--pretrained), not --model_dir')
     check_backend_args(args)
+    if args.to_static and args.backend != DYGRAPH:
+        raise ValueError(f'--to_static runs the dygraph model as a static graph; --backend {args.backend} already '
+                         f'runs an exported one: drop --to_static')
     amp = AmpConfig(args.amp, args.amp_dtype)
     check_amp(amp)
     rank, world_size = init_distributed()
@@ -104,6 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 use_ema=args.use_ema, data_cfg=data_cfg, backend=args.backend, precision=args.precision,
                 max_batch_size=args.batch_size, cpu_threads=args.cpu_threads)
             model = PredictorAsModel(run, export_cfg)
+        elif args.to_static:
+            model = to_static(model)
         source = dict(model=args.model, weights=args.resume or args.pretrained, use_ema=args.use_ema,
                       backend=args.backend, precision=args.precision)
     dataset = build_dataset(args.data_dir, 'val', build_transform(is_train=False, **data_cfg),

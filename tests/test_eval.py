@@ -276,6 +276,7 @@ def test_checkpoint_on_a_runtime_scores_as_dygraph_and_caches_its_export(trained
     (['--precision', 'bf16'], '--precision bf16 chooses how an export runs: add --backend paddle'),
     (['--backend', 'paddle', '--amp'], '--amp is dygraph autocast; --backend paddle runs --precision instead'),
     (['--backend', 'onnxruntime', '--precision', 'int8'], '--precision int8 needs a calibrated export'),
+    (['--backend', 'paddle', '--to_static'], '--backend paddle already runs an exported one: drop --to_static'),
 ])
 def test_checkpoint_runtime_flags_that_cannot_apply_are_refused(flags, expected, checkpoint, data_dir, capsys):
     line = one_line_error('eval.py', [str(data_dir), '--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES),
