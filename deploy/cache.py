@@ -13,7 +13,6 @@ import time
 from typing import Callable, Optional, Tuple
 
 import numpy as np
-
 import paddle
 
 from models import cvt, export_rewrites, layers
