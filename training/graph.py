@@ -25,14 +25,15 @@ warnings.filterwarnings('ignore', message="Tensor do not have 'place' interface 
 
 def cinn_available() -> bool:
     """Whether CINN can compile here: a Paddle built with CUDA and CINN, running on a GPU."""
-    compiled = getattr(paddle, 'is_compiled_with_cinn', lambda: False)()
-    return bool(compiled and paddle.is_compiled_with_cuda() and paddle.get_device().startswith('gpu'))
+    return (paddle.is_compiled_with_cinn() and paddle.is_compiled_with_cuda()
+            and paddle.get_device().startswith('gpu'))
 
 
 def to_static(model: paddle.nn.Layer) -> paddle.nn.Layer:
     """`model` (the same object, parameters and names unchanged) with its forward run as a static graph.
 
-    CINN is asked for only where `cinn_available()`; on a CPU the graph runs on Paddle's kernels. The call
+    CINN is asked for only where `cinn_available()` (Paddle 3 would otherwise default to it, 2.6 turns on
+    `build_strategy.build_cinn_pass` for it); elsewhere the graph runs on Paddle's kernels. The call
     that translates and first runs each mode's program does so with Paddle's per-program log lines dropped.
     """
     model = paddle.jit.to_static(model, full_graph=True, backend='CINN' if cinn_available() else None)

@@ -74,7 +74,7 @@ def test_cinn_is_asked_for_only_on_a_gpu_whose_paddle_has_it(cinn, gpu, backend,
         asked.append(kwargs)
         return layer
     monkeypatch.setattr(paddle.jit, 'to_static', spy)
-    monkeypatch.setattr(paddle, 'is_compiled_with_cinn', lambda: cinn, raising=False)
+    monkeypatch.setattr(paddle, 'is_compiled_with_cinn', lambda: cinn)
     monkeypatch.setattr(paddle, 'is_compiled_with_cuda', lambda: gpu)
     monkeypatch.setattr(paddle, 'get_device', lambda: 'gpu:0' if gpu else 'cpu')
     graph.to_static(paddle.nn.Linear(2, 2))
