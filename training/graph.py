@@ -19,7 +19,7 @@ STATIC_RUN_NOISE = (
     'Standalone Executor is Used',  # Paddle 2.6
     'The `is_initialized` method is deprecated',  # Paddle 2.6, from its own translator
 )
-# Paddle 3 warns while tracing whenever a tensor's place is asked for (Paddle's own layers ask).
+# Paddle 3 warns while building a backward program (its own full_like asks for a tensor's place).
 warnings.filterwarnings('ignore', message="Tensor do not have 'place' interface for pir graph mode")
 
 
