@@ -49,12 +49,14 @@ BACKEND_HELP = ('dygraph: the checkpoint\'s model in Paddle\'s eager mode; paddl
                 '~/.cache/cvt_paddle/exports), then run by that runtime')
 
 
-def add_backend_args(group, default: Optional[str] = DYGRAPH, help: str = BACKEND_HELP) -> None:
-    """--backend, --precision and --cpu_threads, as eval.py and predict.py share them."""
+def add_backend_args(group, default: Optional[str] = DYGRAPH, help: str = BACKEND_HELP,
+                     with_int8: bool = False) -> None:
+    """--backend, --precision and --cpu_threads, as eval.py and predict.py share them; `with_int8` for a
+    script that also runs exports (int8 needs export_model.py's calibrated copy)."""
     group.add_argument('--backend', default=default, choices=(DYGRAPH,) + BACKENDS, help=help)
-    group.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'int8'),
-                       help='int8: the export_model.py --int8 model (--model_dir only); bf16: openvino on a CPU '
-                            'with bf16 math')
+    group.add_argument('--precision', default='fp32', choices=('fp32', 'bf16') + (('int8',) if with_int8 else ()),
+                       help='bf16: openvino on a CPU with bf16 math'
+                            + ('; int8: the export_model.py --int8 model (--model_dir only)' if with_int8 else ''))
     group.add_argument('--cpu_threads', type=int, default=cpu_threads(),
                        help='CPU math threads of the runtime (not dygraph)')
 

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         'default: dygraph for a checkpoint, paddle (Paddle Inference) for --model_dir. With a checkpoint, '
         'paddle, onnxruntime or openvino run its export, made once and cached in $CVT_CACHE_DIR/exports '
         '(default ~/.cache/cvt_paddle/exports); onnxruntime and openvino run model.onnx '
-        '(for --model_dir: export_model.py --onnx)'))
+        '(for --model_dir: export_model.py --onnx)'), with_int8=True)
     run = parser.add_argument_group('run')
     run.add_argument('--amp', action='store_true', help='autocast (CUDA only), in --amp_dtype')
     run.add_argument('--amp_dtype', default='float16', choices=('float16', 'bfloat16'), help='autocast dtype')
