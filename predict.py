@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 import paddle
 import paddle.nn.functional as F
 
-from cli import (DYGRAPH, add_backend_args, check_backend_args, add_image_args, add_result_args, add_weight_args, check_amp,
-                 label_names_for, load_model, run_main, script_parser)
+from cli import (DYGRAPH, add_backend_args, add_image_args, add_result_args, add_weight_args, check_amp,
+                 check_backend_args, label_names_for, load_model, run_main, script_parser)
 from datasets.transforms import build_transform, resolve_data_cfg
 from deploy.cache import checkpoint_predictor
 from deploy.classify import classify_images, find_images, show_results
