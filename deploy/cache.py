@@ -5,12 +5,13 @@ An entry is keyed by the weight file (absolute path, modification time, size) an
 (model, classes, EMA or not, input size, ONNX or not, the installed Paddle and paddle2onnx, and the code
 that builds the graph), so a retrained checkpoint, an edited model file or an upgraded Paddle exports anew.
 """
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -19,6 +20,7 @@ from models import cvt, export_rewrites, layers
 from models.export_rewrites import rewrite_for_export
 from models.layers import portable_attention
 from utils.download import default_cache_dir
+from utils.fileio import StorageError, storage_errors
 from utils.logger import get_logger
 
 from . import export
@@ -70,7 +72,8 @@ def cached_export(model: paddle.nn.Layer, *, weights: str, model_name: str, use_
 
     The entry is built in a private folder, synced, and renamed into place whole: a crash leaves no entry,
     and of two processes exporting the same checkpoint at once the first rename wins, the other's copy is
-    dropped. Entries of the same weight file with another modification time or size are removed.
+    dropped. Stale entries of the same weight file and settings (from an earlier state of the file, an earlier
+    Paddle or earlier code) are removed. A cache folder that cannot be written is a StorageError naming it.
     """
     source = _source(weights, model_name, model.num_classes, use_ema, data_cfg['input_size'], onnx)
     key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
@@ -78,29 +81,48 @@ def cached_export(model: paddle.nn.Layer, *, weights: str, model_name: str, use_
     folder = os.path.join(root, f'{model_name}-{key}')
     if _is_complete(folder, onnx):
         return folder, True
-    os.makedirs(root, exist_ok=True)
     build = os.path.join(root, f'.{model_name}-{key}.build{os.getpid()}')
-    shutil.rmtree(build, ignore_errors=True)  # left by a killed export of this pid, never another's
     start = time.time()
     try:
-        with portable_attention():
-            export_inference_model(rewrite_for_export(model), build, model_name, data_cfg, onnx=onnx)
-        with open(os.path.join(build, SOURCE_FILE), 'w', encoding='utf-8') as f:
-            json.dump(source, f, indent=2)
-        _sync_folder(build)
-        if os.path.isdir(folder) and not _is_complete(folder, onnx):
-            shutil.rmtree(folder)  # a damaged entry (a file deleted by hand): replaced
-        try:
-            os.rename(build, folder)
-        except OSError:
-            if not _is_complete(folder, onnx):  # anything but another process having won the race
-                raise
-        _sync_folder(root)
+        with _cache_storage_errors(root):
+            _build_entry(model, build, folder, model_name=model_name, data_cfg=data_cfg, onnx=onnx, source=source)
     finally:
         shutil.rmtree(build, ignore_errors=True)
     _logger.info('exported %s to %s in %.1f s (reused until the file changes)', weights, folder, time.time() - start)
     _remove_stale(root, source, keep=folder)
     return folder, False
+
+
+@contextlib.contextmanager
+def _cache_storage_errors(root: str) -> Iterator[None]:
+    """A cache folder that cannot be written (full, read-only, forbidden) ends in one line saying what to do."""
+    try:
+        with storage_errors(root):
+            yield
+    except StorageError as e:
+        reason = os.strerror(e.errno) if e.errno else 'not writable'
+        raise StorageError(f'{root}: cannot write the export cache ({reason}); point CVT_CACHE_DIR at a writable '
+                           f'folder with space, or use --backend dygraph') from e
+
+
+def _build_entry(model, build: str, folder: str, *, model_name: str, data_cfg: dict, onnx: bool,
+                 source: dict) -> None:
+    """Export into the private folder `build`, sync it and rename it to `folder` (unless another process did)."""
+    os.makedirs(os.path.dirname(build), exist_ok=True)
+    shutil.rmtree(build, ignore_errors=True)  # left by a killed export of this pid, never another's
+    with portable_attention():
+        export_inference_model(rewrite_for_export(model), build, model_name, data_cfg, onnx=onnx)
+    with open(os.path.join(build, SOURCE_FILE), 'w', encoding='utf-8') as f:
+        json.dump(source, f, indent=2)
+    _sync_folder(build)
+    if os.path.isdir(folder) and not _is_complete(folder, onnx):
+        shutil.rmtree(folder)  # a damaged entry (a file deleted by hand): replaced
+    try:
+        os.rename(build, folder)
+    except OSError:
+        if not _is_complete(folder, onnx):  # anything but another process having won the race
+            raise
+    _sync_folder(os.path.dirname(folder))
 
 
 def _sync_folder(folder: str) -> None:

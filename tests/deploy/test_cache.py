@@ -1,5 +1,6 @@
 """deploy/cache.py: a checkpoint's export is made once, reused while the weight file is unchanged, replaced
 when it changes, never left half-written, and the first of two concurrent exports wins."""
+import errno
 import os
 import shutil
 
@@ -10,6 +11,7 @@ from datasets.transforms import resolve_data_cfg
 from deploy import cache
 from deploy.cache import SOURCE_FILE, cached_export
 from models import create_model
+from utils.fileio import StorageError
 
 
 @pytest.fixture
@@ -76,3 +78,16 @@ def test_the_first_of_two_concurrent_exports_wins(loaded, tmp_path, monkeypatch)
     folder, reused = _export(model, weights, tmp_path)
     assert folder == winner['folder'] and not reused
     assert _entries(tmp_path) == [os.path.basename(folder)]  # this process's copy was dropped
+
+
+def test_a_full_cache_disk_is_one_line_naming_the_cache_and_the_way_out(loaded, tmp_path, monkeypatch):
+    model, weights = loaded
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(cache, 'export_inference_model', full_disk)
+    with pytest.raises(StorageError) as error:
+        _export(model, weights, tmp_path)
+    assert str(error.value) == (f'{tmp_path / "exports"}: cannot write the export cache (No space left on device); '
+                                f'point CVT_CACHE_DIR at a writable folder with space, or use --backend dygraph')
+    assert _entries(tmp_path) == []
