@@ -10,10 +10,12 @@ from typing import List, Optional, Sequence
 
 from datasets.imagenet import read_label_names
 from datasets.transforms import resolve_data_cfg
+from deploy.predictors import BACKENDS
 from models import create_model, load_weights, resolve_source
 from training.amp import AmpConfig
 from utils.config import ArgumentParser, HelpFormatter
 from utils.entrypoint import run_main  # noqa: F401  (the scripts' entry, taken from here with the rest)
+from utils.env import cpu_threads
 from utils.weights import read_weight_file, recorded_run
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -40,6 +42,33 @@ def add_weight_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--use_ema', action='store_true', help="load the checkpoint's EMA weights ('model_ema')")
     group.add_argument('--num_classes', type=int, default=None,
                        help="classifier size when it differs from the variant's (default: the variant's)")
+
+
+DYGRAPH = 'dygraph'  # the model itself, in Paddle's eager mode
+BACKEND_HELP = ('dygraph: the checkpoint\'s model in Paddle\'s eager mode; paddle (Paddle Inference), onnxruntime '
+                'or openvino: its export, made once and cached in $CVT_CACHE_DIR/exports (default '
+                '~/.cache/cvt_paddle/exports), then run by that runtime')
+
+
+def add_backend_args(group, default: Optional[str] = DYGRAPH, help: str = BACKEND_HELP,
+                     with_int8: bool = False) -> None:
+    """--backend, --precision and --cpu_threads, as eval.py and predict.py share them; `with_int8` for a
+    script that also runs exports (int8 needs export_model.py's calibrated copy)."""
+    group.add_argument('--backend', default=default, choices=(DYGRAPH,) + BACKENDS, help=help)
+    group.add_argument('--precision', default='fp32', choices=('fp32', 'bf16') + (('int8',) if with_int8 else ()),
+                       help='bf16: openvino on a CPU with bf16 math'
+                            + ('; int8: the export_model.py --int8 model (--model_dir only)' if with_int8 else ''))
+    group.add_argument('--cpu_threads', type=int, default=cpu_threads(),
+                       help='CPU math threads of the runtime (not dygraph)')
+
+
+def check_backend_args(args: argparse.Namespace) -> None:
+    """One-line refusals: --precision without a runtime that reads it, --amp with one."""
+    if args.backend == DYGRAPH and args.precision != 'fp32':
+        raise ValueError(f'--precision {args.precision} chooses how an export runs: add --backend paddle, '
+                         f'onnxruntime or openvino (dygraph runs fp32, or --amp on a GPU)')
+    if args.backend != DYGRAPH and args.amp:
+        raise ValueError(f'--amp is dygraph autocast; --backend {args.backend} runs --precision instead')
 
 
 def load_model(name: Optional[str], resume: Optional[str] = None, pretrained: Optional[str] = None,

@@ -6,24 +6,29 @@ every image.
     python eval.py DATA_DIR --model_dir inference/cvt_13 --backend openvino --precision int8
 
 With --model_dir the export is scored as deployed: its graph on the chosen backend and precision, with
-the preprocessing stored in its inference.yml, counted exactly as the checkpoint eval counts.
+the preprocessing stored in its inference.yml, counted exactly as the checkpoint eval counts. A checkpoint
+runs in dygraph, or with --backend paddle/onnxruntime/openvino through its export, made once and cached.
 """
 import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
 
 import argparse
 from typing import Optional, Sequence
 
-from cli import add_weight_args, check_amp, load_model, run_main, script_parser
+from cli import (DYGRAPH, add_backend_args, add_weight_args, check_amp, check_backend_args, load_model, run_main,
+                 script_parser)
 from datasets.imagenet import build_dataset
 from datasets.loader import build_loader
 from datasets.transforms import build_transform, resolve_data_cfg
 from deploy.layout import read_inference_cfg
-from deploy.predictors import BACKENDS, PredictorAsModel, build_predictor
+from deploy.cache import checkpoint_predictor
+from deploy.predictors import PredictorAsModel, build_predictor
+from models import resolve_source
 from training.amp import AmpConfig
 from training.evaluation import evaluate
+from training.graph import to_static
 from utils.distributed import init_distributed, is_main_process
 from utils.entrypoint import report
-from utils.env import cpu_threads, default_num_workers
+from utils.env import default_num_workers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,14 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_weight_args(parser)
     deployed = parser.add_argument_group('exported model (instead of --model and weights)')
     deployed.add_argument('--model_dir', metavar='EXPORT', help='export_model.py output folder to score')
-    deployed.add_argument('--backend', default='paddle', choices=BACKENDS,
-                          help='onnxruntime and openvino run EXPORT/model.onnx (export_model.py --onnx)')
-    deployed.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'int8'),
-                          help='int8: the export_model.py --int8 model; bf16: openvino on a CPU with bf16 math')
-    deployed.add_argument('--cpu_threads', type=int, default=cpu_threads(), help='CPU math threads')
+    runtime = parser.add_argument_group('runtime')
+    add_backend_args(runtime, default=None, help=(
+        'default: dygraph for a checkpoint, paddle (Paddle Inference) for --model_dir. With a checkpoint, '
+        'paddle, onnxruntime or openvino run its export, made once and cached in $CVT_CACHE_DIR/exports '
+        '(default ~/.cache/cvt_paddle/exports); onnxruntime and openvino run model.onnx '
+        '(for --model_dir: export_model.py --onnx)'), with_int8=True)
     run = parser.add_argument_group('run')
     run.add_argument('--amp', action='store_true', help='autocast (CUDA only), in --amp_dtype')
     run.add_argument('--amp_dtype', default='float16', choices=('float16', 'bfloat16'), help='autocast dtype')
+    run.add_argument('--to_static', action='store_true',
+                     help='run the dygraph model as one static graph (paddle.jit.to_static; CINN on a GPU with it)')
     run.add_argument('--output_json', metavar='FILE', help='also write the result here')
     run.add_argument('--debug', action='store_true', help='full traceback on errors')
     return parser
@@ -79,8 +87,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not (args.model or args.resume or args.pretrained or args.model_dir):
         raise ValueError('--resume CKPT or --pretrained SRC (with --model) is required, or --model_dir EXPORT '
                          'to score an exported model')
-    if not args.model_dir and (args.backend != 'paddle' or args.precision != 'fp32'):
-        raise ValueError('--backend/--precision choose how an export runs: add --model_dir EXPORT')
+    args.backend = args.backend or ('paddle' if args.model_dir else DYGRAPH)
+    if args.model_dir and args.backend == DYGRAPH:
+        raise ValueError('--backend dygraph runs a checkpoint (--model with --resume/--pretrained), not --model_dir')
+    check_backend_args(args)
+    if args.to_static and args.backend != DYGRAPH:
+        raise ValueError(f'--to_static runs the dygraph model as a static graph; --backend {args.backend} already '
+                         f'runs an exported one: drop --to_static')
     amp = AmpConfig(args.amp, args.amp_dtype)
     check_amp(amp)
     rank, world_size = init_distributed()
@@ -95,9 +108,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         num_classes = model.num_classes
         data_cfg = resolve_data_cfg(model.default_cfg, input_size=args.input_size, crop_pct=args.crop_pct,
                                     crop_mode=args.crop_mode, interpolation=args.interpolation)
-        source = dict(model=model.default_cfg['architecture'], weights=args.resume or args.pretrained,
-                      use_ema=args.use_ema)
-        class_names, names_of = model.class_names, f"the checkpoint {source['weights']}"
+        class_names, names_of = model.class_names, f"the checkpoint {args.resume or args.pretrained}"
+        name = model.default_cfg['architecture']  # --model, or the one the checkpoint records
+        if args.backend != DYGRAPH:
+            run, export_cfg = checkpoint_predictor(
+                model, weights=resolve_source(args.resume or args.pretrained), model_name=name,
+                use_ema=args.use_ema, data_cfg=data_cfg, backend=args.backend, precision=args.precision,
+                max_batch_size=args.batch_size, cpu_threads=args.cpu_threads)
+            model = PredictorAsModel(run, export_cfg)
+        elif args.to_static:
+            model = to_static(model)
+        source = dict(model=name, weights=args.resume or args.pretrained, use_ema=args.use_ema,
+                      backend=args.backend, precision=args.precision)
     dataset = build_dataset(args.data_dir, 'val', build_transform(is_train=False, **data_cfg),
                             list_file=args.cls_label_path_val, num_classes=num_classes,
                             bad_image_policy='error',  # a skipped image would change the score

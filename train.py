@@ -30,6 +30,7 @@ from training.ema import ModelEma
 from training.engine import NonFiniteLossError, StopRequested, TrainState, train_one_epoch
 from training.evaluation import evaluate
 from training.finetune import apply_finetune_switches
+from training.graph import to_static
 from training.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from training.optim import build_optimizer
 from training.preemption import PreemptionHandler
@@ -327,6 +328,8 @@ def main(argv=None) -> int:
                 truncate_json_log(os.path.join(run_dir, 'log.txt'), state.epoch)
             logger.info('resumed from %s at epoch %d step %d: %s', resume_path, state.epoch, state.step_in_epoch, how)
         del ckpt  # the optimizer holds its own copies; the pickle can be large
+        if args.to_static:
+            model = to_static(model)  # after the EMA copy, which stays dygraph
         if world_size > 1:
             model = checkpoint.model = paddle.DataParallel(model)
         logger.info('training %s for %d epochs: %d updates/epoch, global batch %d, %s', args.model, args.epochs,

@@ -76,3 +76,27 @@ def export_tiny(root: Path, num_classes: int, *flags: str) -> Path:
     assert script_main('export_model.py')(['--model', 'cvt_tiny', '--num_classes', str(num_classes), '--resume',
                                             str(root / 'ckpt.pd'), '--output', str(out), *flags]) == 0
     return out
+
+
+def onnx_export_available() -> bool:
+    """Whether export_model.py --onnx and ONNX Runtime can run here."""
+    try:
+        import onnxruntime  # noqa: F401
+        import onnx_graphsurgeon  # noqa: F401
+        import paddle2onnx  # noqa: F401
+    except (ImportError, ValueError):  # paddle2onnx 2.x refuses Paddle 2.x at import
+        return False
+    return True
+
+
+def runtime_available(backend: str) -> bool:
+    """Whether a checkpoint can run on `backend` (paddle, onnxruntime, openvino) through its export here."""
+    if backend == 'paddle':
+        return True
+    if not onnx_export_available():
+        return False
+    try:
+        __import__(backend)
+    except ImportError:
+        return False
+    return True

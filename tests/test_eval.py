@@ -16,6 +16,7 @@ from PIL import Image
 
 from datasets.transforms import build_transform, resolve_data_cfg
 from models import create_model
+from tests.scripts import onnx_export_available, one_line_error, runtime_available
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
@@ -132,20 +133,10 @@ def digits(tmp_path_factory):
     model = create_model('cvt_tiny', num_classes=4)
     paddle.save({'model': model.state_dict()}, str(root / 'checkpoint.pd'))
     export = runpy.run_path(str(ROOT / 'export_model.py'))['main']
-    flags = ['--onnx'] if _onnx_export_available() else []
+    flags = ['--onnx'] if onnx_export_available() else []
     assert export(['--model', 'cvt_tiny', '--num_classes', '4', '--resume', str(root / 'checkpoint.pd'),
                    '--output', str(root / 'export'), *flags]) == 0
     return root
-
-
-def _onnx_export_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-        import onnx_graphsurgeon  # noqa: F401
-        import paddle2onnx  # noqa: F401
-    except (ImportError, ValueError):  # paddle2onnx 2.x refuses Paddle 2.x at import
-        return False
-    return True
 
 
 @pytest.mark.parametrize('backend', ['paddle', 'onnxruntime'])
@@ -254,3 +245,40 @@ def test_resume_and_pretrained_of_a_checkpoint_give_the_same_model_and_protocol(
     explicit = _run_eval([data, '--model', 'cvt_tiny', '--pretrained', renamed, '--crop_pct', '1.0',
                           '--interpolation', 'bicubic'], tmp_path)
     assert (explicit['crop_pct'], explicit['interpolation']) == (1.0, 'bicubic')  # flags given still win
+
+
+@pytest.mark.parametrize('backend', ['paddle', 'onnxruntime', 'openvino'])
+def test_checkpoint_on_a_runtime_scores_as_dygraph_and_caches_its_export(trained_run, backend, tmp_path, monkeypatch,
+                                                                       caplog):
+    if not runtime_available(backend):
+        pytest.skip(f'--backend {backend} needs paddle2onnx, onnx-graphsurgeon and {backend}')
+    cache = tmp_path / 'cache'
+    monkeypatch.setenv('CVT_CACHE_DIR', str(cache))
+    data, ckpt = trained_run
+    flags = [data, '--model', 'cvt_tiny', '--resume', ckpt, '--batch_size', 3]
+    dygraph = _run_eval(flags, tmp_path)
+    assert dygraph['backend'] == 'dygraph' and not cache.exists()  # the default exports nothing
+    caplog.set_level('INFO', logger='cvt.deploy.cache')
+    deployed = _run_eval([*flags, '--backend', backend], tmp_path)
+    (entry,) = (cache / 'exports').iterdir()
+    assert f'exported {ckpt} to {entry} in ' in caplog.text
+    assert (deployed['acc1'], deployed['acc5'], deployed['num_images']) == \
+        (dygraph['acc1'], dygraph['acc5'], dygraph['num_images'])
+    assert deployed['loss'] == pytest.approx(dygraph['loss'], abs=1e-4)
+    assert (deployed['backend'], deployed['precision'], deployed['img_size']) == (backend, 'fp32', 32)
+    caplog.clear()
+    again = _run_eval([*flags, '--backend', backend], tmp_path)
+    assert f'through its export cached in {entry}' in caplog.text
+    assert again == deployed and [p.name for p in (cache / 'exports').iterdir()] == [entry.name]
+
+
+@pytest.mark.parametrize('flags, expected', [
+    (['--precision', 'bf16'], '--precision bf16 chooses how an export runs: add --backend paddle'),
+    (['--backend', 'paddle', '--amp'], '--amp is dygraph autocast; --backend paddle runs --precision instead'),
+    (['--backend', 'onnxruntime', '--precision', 'int8'], '--precision int8 needs a calibrated export'),
+    (['--backend', 'paddle', '--to_static'], '--backend paddle already runs an exported one: drop --to_static'),
+])
+def test_checkpoint_runtime_flags_that_cannot_apply_are_refused(flags, expected, checkpoint, data_dir, capsys):
+    line = one_line_error('eval.py', [str(data_dir), '--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES),
+                                      '--resume', str(checkpoint), *flags], capsys)
+    assert expected in line

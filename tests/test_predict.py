@@ -24,7 +24,7 @@ from models import create_model
 from models.cvt import ConvolutionalVisionTransformer
 from cli import label_names_for, run_main
 from deploy.classify import find_images
-from tests.scripts import one_line_error, without_log_lines
+from tests.scripts import one_line_error, runtime_available, without_log_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
@@ -266,3 +266,23 @@ def test_nothing_readable_is_an_error(tmp_path, checkpoint, capsys):
     err = without_log_lines(capsys.readouterr().err)
     assert [line.split(':')[0] for line in err[:2]] == [f'skipped {tmp_path / name}' for name in ('a.jpg', 'b.png')]
     assert err[2:] == ['error: none of the 2 images could be read (each is listed above as skipped)']
+
+
+@pytest.mark.parametrize('backend', ['paddle', 'onnxruntime', 'openvino'])
+def test_predict_on_a_runtime_gives_the_dygraph_probabilities(backend, image_dir, checkpoint, tmp_path, monkeypatch,
+                                                             capsys):
+    if not runtime_available(backend):
+        pytest.skip(f'--backend {backend} needs paddle2onnx, onnx-graphsurgeon and {backend}')
+    monkeypatch.setenv('CVT_CACHE_DIR', str(tmp_path / 'cache'))
+    flags = ['--images', str(image_dir), '--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES),
+             '--resume', str(checkpoint), '--batch_size', '3', '--json']
+    scores = {}
+    for run in ('dygraph', backend):
+        assert _main()([*flags, '--backend', run]) == 0
+        results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        # by class id: near-uniform probabilities of an untrained model may order differently
+        scores[run] = np.array([[dict(zip(r['class_ids'], r['scores']))[c] for c in range(NUM_CLASSES)]
+                                for r in results])
+    assert scores[backend].shape == (4, NUM_CLASSES)
+    np.testing.assert_allclose(scores[backend], scores['dygraph'], rtol=0, atol=1e-5 + 1e-9)  # both rounded to 1e-5
+    assert len(list((tmp_path / 'cache' / 'exports').iterdir())) == 1

@@ -140,6 +140,11 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--max_bad_steps', type=int, default=20,
                    help='stop after this many consecutive steps with a non-finite loss or gradient; 0: never')
 
+    g = parser.add_argument_group('graph', 'static-graph execution (paddle.jit.to_static)')
+    add_bool(g, 'to_static', False,
+             'run the forward (training and evaluation) as one static graph, compiled by CINN on a GPU whose Paddle '
+             'has it; on CPU it gives the same losses, at about the same speed (README)')
+
     g = parser.add_argument_group(
         'distributed', 'launch with: python -m paddle.distributed.launch --gpus 0,1,2,3 train.py ...; '
                        'world size and rank come from the launcher, --batch_size is per process')
