@@ -222,6 +222,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+def are_probabilities(output: np.ndarray, atol: float = 1e-4) -> bool:
+    """Whether every row of a graph's (N, num_classes) output is a distribution: all >= 0, summing to 1."""
+    output = output.astype(np.float64, copy=False)
+    return bool((output >= 0).all() and np.allclose(output.sum(axis=-1), 1.0, rtol=0, atol=atol))
+
+
 def graph_to_probs(output: np.ndarray, cfg: Dict) -> np.ndarray:
     """Probabilities from the exported graph's output, applying softmax when the graph has none."""
     output = output.astype(np.float32, copy=False)
