@@ -14,7 +14,9 @@ from typing import Optional, Sequence
 from cli import add_weight_args, label_names_for, load_model, run_main, script_parser
 from datasets.transforms import build_transform, resolve_data_cfg
 from deploy.classify import find_images, preprocess
-from deploy.export import check_onnx_export_available, check_output_dir, export_inference_model
+from deploy.export import (check_onnx_export_available, check_output_dir, check_program_format,
+                           export_inference_model, native_program_format)
+from deploy.layout import PROGRAM_FORMATS
 from deploy.quantize import check_int8_export_available, spread_evenly
 from models.export_rewrites import rewrite_for_export
 from models.layers import portable_attention
@@ -26,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group('export')
     out.add_argument('--output', required=True, metavar='DIR',
                      help='folder for inference.json/.pdmodel, inference.pdiparams, inference.yml (replaced whole)')
+    out.add_argument('--format', default=native_program_format(), choices=PROGRAM_FORMATS,
+                     help='Paddle graph: json (PIR, what Paddle 3 writes) or pdmodel (the legacy program, for stacks '
+                          'that read only .pdmodel: Paddle Lite, older Serving); default: what this Paddle writes')
     out.add_argument('--input_size', type=int, metavar='PX', help="square input side (default: the variant's)")
     out.add_argument('--batch_size', type=int, default=-1, help='fixed batch size of the graph; -1: any')
     out.add_argument('--with_softmax', action='store_true', help='put softmax in the graph (outputs probabilities)')
@@ -47,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     check_output_dir(args.output)
+    check_program_format(args.format)
     if args.onnx:
         check_onnx_export_available()
     if args.int8:
@@ -64,7 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with portable_attention():  # matmul/softmax in the graph, whatever device traces it
         files = export_inference_model(rewrite_for_export(model), args.output, args.model, data_cfg,
                                        batch_size=args.batch_size, with_softmax=args.with_softmax,
-                                       label_names=label_names, onnx=args.onnx, calib_batches=calib_batches)
+                                       label_names=label_names, onnx=args.onnx, calib_batches=calib_batches,
+                                       program_format=args.format)
     print(json.dumps({'output': args.output, 'files': files, 'model': args.model,
                       'num_classes': model.num_classes, 'input_size': list(data_cfg['input_size'])}))
     return 0
