@@ -3,6 +3,8 @@
     python export_model.py --model cvt_13_224x224 --pretrained cvt_13_224x224 --output inference/cvt_13 --onnx
     python export_model.py --model cvt_13_224x224 --pretrained cvt_13_224x224 --output inference/cvt_13 --onnx \
         --int8 --calib_images DATA/val --calib_count 300
+    python export_model.py --model cvt_13_224x224 --pretrained cvt_13_224x224 --output inference/cvt_13_pdmodel \
+        --format pdmodel --int8 --calib_images DATA/val
     python infer.py --model_dir inference/cvt_13 --images demo/
 """
 import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
@@ -38,12 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'id name' lines stored in inference.yml (default: the repo's ImageNet list "
                           "when num_classes is 1000)")
     out.add_argument('--onnx', action='store_true', help='also write model.onnx with paddle2onnx')
-    int8 = parser.add_argument_group('int8 (post-training quantisation of model.onnx)')
+    int8 = parser.add_argument_group('int8 (post-training quantisation of model.onnx and inference.pdmodel)')
     int8.add_argument('--int8', action='store_true',
-                      help='also write openvino_int8.xml (NNCF, calibrated) and model_int8.onnx (ONNX Runtime), '
-                           'for infer.py/eval.py --precision int8 (needs --onnx)')
+                      help='with --onnx: also write openvino_int8.xml (NNCF, calibrated) and model_int8.onnx (ONNX '
+                           'Runtime); with --format pdmodel: inference_int8.pdmodel (Paddle PTQ, Paddle Inference '
+                           'on CPU); for infer.py/eval.py --precision int8')
     int8.add_argument('--calib_images', metavar='DIR',
-                      help="images that set OpenVINO's int8 ranges, preprocessed as inference.yml says")
+                      help="images that set the int8 activation ranges, preprocessed as inference.yml says")
     int8.add_argument('--calib_count', type=int, default=128, help='calibration images used (spread over DIR)')
     parser.add_argument('--debug', action='store_true', help='full traceback on errors')
     return parser
@@ -56,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.onnx:
         check_onnx_export_available()
     if args.int8:
-        check_int8_export_available(args.onnx, args.calib_images, args.calib_count, args.batch_size)
+        check_int8_export_available(args.onnx, args.calib_images, args.calib_count, args.batch_size, args.format)
     elif args.calib_images:
         raise ValueError('--calib_images is read only with --int8')
     model = load_model(args.model, args.resume, args.pretrained, args.use_ema, args.num_classes)

@@ -14,7 +14,7 @@ from utils.env import dropped_output_lines
 
 from .layout import (CFG_FILE, INPUT_NAME, MODEL_PREFIX, ONNX_FILE, PREPROCESS_KEYS, PROGRAM_FORMATS,
                      find_model_files, write_inference_cfg)
-from .quantize import quantize_onnx
+from .quantize import quantize_onnx, quantize_paddle_program
 
 ONNX_OPSET = 17  # first opset with a native LayerNormalization
 ONNX_PACKAGES = 'pip install paddle2onnx onnxruntime onnx-graphsurgeon sympy'
@@ -92,11 +92,12 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
 
     `program_format` ('json' or 'pdmodel'; default: what the installed Paddle writes) is the Paddle
     Inference graph's format; a pdmodel on Paddle 3 needs the rewritten model (its QuickGELU's sigmoid
-    is, like paddle.matmul, a C function that takes PIR values only; see `_legacy_program`). ONNX is always converted from the installed Paddle's own format: paddle2onnx
-    2.x translates a legacy program to PIR first, and that translation of this model crashes (segfault in
-    paddle2onnx 2.1.0, at the class token's expand), so on Paddle 3 a pdmodel export traces PIR once more for it.
+    is, like paddle.matmul, a C function that takes PIR values only; see `_legacy_program`). ONNX is always
+    converted from the installed Paddle's own format: paddle2onnx 2.x translates a legacy program to PIR
+    first, and that translation of this model crashes (segfault in paddle2onnx 2.1.0, at the class token's
+    expand_v2), so on Paddle 3 a pdmodel export traces PIR once more for it.
 
-    With `calib_batches` (needs `onnx`), the int8 copies of deploy/quantize.py are written too.
+    With `calib_batches` (needs `onnx` or a pdmodel), the int8 copies of deploy/quantize.py are written too.
 
     The folder is built under a temporary name next to `output_dir` and renamed into place, so a
     failed export never leaves a half-written folder, and a previous export is replaced whole.
@@ -129,8 +130,10 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
             _export_onnx(*find_model_files(source), os.path.join(staging, ONNX_FILE))
             if source != staging:
                 shutil.rmtree(source)
-        if calib_batches:
+        if calib_batches and onnx:
             quantize_onnx(os.path.join(staging, ONNX_FILE), staging, calib_batches)
+        if calib_batches and program_format == 'pdmodel':
+            quantize_paddle_program(staging, calib_batches)
         _swap_into_place(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

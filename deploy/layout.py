@@ -2,8 +2,8 @@
 
 An export holds inference.json (Paddle 3, PIR) or inference.pdmodel (the legacy program: Paddle 2.x, or
 export_model.py --format pdmodel), inference.pdiparams, inference.yml (model name, num_classes, with_softmax,
-resolved eval preprocessing, label names) and, with ONNX, model.onnx (plus the int8 copies of export_model.py
---int8). infer.py needs nothing outside the folder.
+resolved eval preprocessing, label names) and, with ONNX, model.onnx; export_model.py --int8 adds quantised
+copies (of model.onnx, and of inference.pdmodel). infer.py needs nothing outside the folder.
 """
 import os
 from typing import Optional, Tuple
@@ -18,6 +18,9 @@ ONNX_FILE = 'model.onnx'
 # export_model.py --int8: quantised copies of model.onnx, for ONNX Runtime (dynamic int8 MatMuls) and OpenVINO (IR)
 INT8_ONNX_FILE = 'model_int8.onnx'
 INT8_OPENVINO_FILE = 'openvino_int8.xml'  # weights in openvino_int8.bin
+# export_model.py --format pdmodel --int8: the legacy program quantised by Paddle's post-training quantisation,
+# for Paddle Inference --precision int8 on CPU (oneDNN)
+INT8_PADDLE_FILES = (f'{MODEL_PREFIX}_int8.pdmodel', f'{MODEL_PREFIX}_int8.pdiparams')
 INPUT_NAME = 'x'
 PREPROCESS_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
 

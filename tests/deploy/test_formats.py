@@ -128,9 +128,9 @@ def test_a_legacy_trace_leaves_the_process_as_it_was(tmp_path, monkeypatch):
 
 
 def _export_error(root, program_format, capsys) -> str:
-    export_tiny_args = ['--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES), '--resume',
-                        str(root / 'pdmodel' / 'ckpt.pd'), '--output', str(root / 'refused'), '--format', program_format]
-    return one_line_error('export_model.py', export_tiny_args, capsys)
+    argv = ['--model', 'cvt_tiny', '--num_classes', str(NUM_CLASSES), '--resume', str(root / 'pdmodel' / 'ckpt.pd'),
+            '--output', str(root / 'refused'), '--format', program_format]
+    return one_line_error('export_model.py', argv, capsys)
 
 
 def test_json_is_refused_where_paddle_writes_only_the_legacy_program(exports, monkeypatch, capsys):
