@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import List, Optional, Sequence
 
 import numpy as np
+import paddle
 
 from utils.env import dropped_output_lines
 
@@ -82,21 +83,34 @@ def quantize_paddle_program(folder: str, batches: Sequence[np.ndarray]) -> List[
     weight scales), which Paddle Inference runs int8 with oneDNN (`enable_mkldnn_int8`). Returns their names.
     KL ranges kept the same top-1 on the digits model and took ~15x longer to calibrate (a histogram per
     activation in Python)."""
-    import paddle
     from paddle.static.quantization import PostTrainingQuantization
-    with dropped_output_lines(PADDLE_PTQ_NOISE), _legacy_static_mode(paddle):
+    with dropped_output_lines(PADDLE_PTQ_NOISE), _legacy_static_mode():
         ptq = PostTrainingQuantization(
             executor=paddle.static.Executor(paddle.CPUPlace()), model_dir=folder,
             model_filename=f'{MODEL_PREFIX}.pdmodel', params_filename=f'{MODEL_PREFIX}.pdiparams',
-            data_loader=lambda: ({INPUT_NAME: batch} for batch in batches), batch_nums=len(batches), algo='abs_max',
+            data_loader=_CalibrationFeeds(batches), batch_nums=len(batches), algo='abs_max',
             quantizable_op_type=list(PADDLE_INT8_OPS), weight_quantize_type='channel_wise_abs_max')
         ptq.quantize()
         ptq.save_quantized_model(folder, model_filename=INT8_PADDLE_FILES[0], params_filename=INT8_PADDLE_FILES[1])
     return list(INT8_PADDLE_FILES)
 
 
+class _CalibrationFeeds(paddle.io.DataLoader):
+    """The calibration batches as PTQ reads its `data_loader`: called, it yields one feed dict per batch.
+    A DataLoader only for the type check of Paddle 2.6's PTQ (Paddle 3.3 takes any callable)."""
+
+    def __init__(self, batches: Sequence[np.ndarray]):  # no super().__init__: nothing of a real loader is used
+        self.batches = batches
+
+    def __call__(self):
+        return ({INPUT_NAME: batch} for batch in self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
 @contextmanager
-def _legacy_static_mode(paddle):
+def _legacy_static_mode():
     """Static mode with the legacy program, which Paddle's PTQ reads and writes: Paddle 3 switches its PIR
     API off for the block (OldIrGuard), Paddle 2.6 has only the legacy program."""
     guard = getattr(getattr(paddle, 'pir_utils', None), 'OldIrGuard', None)
