@@ -196,8 +196,6 @@ def test_infer_model_dir_without_model(export_dir, assets, tmp_path, capsys):
     (['--precision', 'fp16'], '--precision fp16 needs --use_gpu'),
     (['--precision', 'int8'], 'inference_int8.pdmodel: not found (Paddle Inference int8 runs a quantised program: '
                               'export with export_model.py --format pdmodel --int8 --calib_images DIR'),
-    # the CPU's flags or, where it has them, the PIR program (tests/deploy/test_paddle_precision.py)
-    (['--precision', 'bf16'], 'use --backend openvino --precision bf16'),
 ])
 def test_infer_refuses_what_a_cpu_build_cannot_serve(flags, expected, export_dir, assets, capsys):
     err = _infer_error(['--model_dir', str(export_dir), '--images', str(assets / 'images'), *flags], capsys)
