@@ -3,6 +3,8 @@
     python export_model.py --model cvt_13_224x224 --pretrained cvt_13_224x224 --output inference/cvt_13 --onnx
     python export_model.py --model cvt_13_224x224 --pretrained cvt_13_224x224 --output inference/cvt_13 --onnx \
         --int8 --calib_images DATA/val --calib_count 300
+    python export_model.py --model cvt_13_224x224 --pretrained cvt_13_224x224 --output inference/cvt_13_pdmodel \
+        --format pdmodel --int8 --calib_images DATA/val
     python infer.py --model_dir inference/cvt_13 --images demo/
 """
 import utils.env  # noqa: F401  (first: CPU threads, quiet paddle import)
@@ -14,7 +16,9 @@ from typing import Optional, Sequence
 from cli import add_weight_args, label_names_for, load_model, run_main, script_parser
 from datasets.transforms import build_transform, resolve_data_cfg
 from deploy.classify import find_images, preprocess
-from deploy.export import check_onnx_export_available, check_output_dir, export_inference_model
+from deploy.export import (check_onnx_export_available, check_output_dir, check_program_format,
+                           export_inference_model, native_program_format)
+from deploy.layout import PROGRAM_FORMATS
 from deploy.quantize import check_int8_export_available, spread_evenly
 from models.cvt import CvTFeatures
 from models.export_rewrites import rewrite_for_export
@@ -27,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group('export')
     out.add_argument('--output', required=True, metavar='DIR',
                      help='folder for inference.json/.pdmodel, inference.pdiparams, inference.yml (replaced whole)')
+    out.add_argument('--format', default=native_program_format(), choices=PROGRAM_FORMATS,
+                     help='Paddle graph: json (PIR, what Paddle 3 writes) or pdmodel (the legacy program, for stacks '
+                          'that read only .pdmodel: Paddle Lite, older Serving); default: what this Paddle writes')
     out.add_argument('--input_size', type=int, metavar='PX', help="square input side (default: the variant's)")
     out.add_argument('--batch_size', type=int, default=-1, help='fixed batch size of the graph; -1: any')
     out.add_argument('--with_softmax', action='store_true', help='put softmax in the graph (outputs probabilities)')
@@ -39,12 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
                           'inference.yml lists their feature_info')
     out.add_argument('--out_indices', type=int, nargs='+', metavar='I',
                      help='stages whose maps a --features_only export outputs (default: all; strides 4/8/16)')
-    int8 = parser.add_argument_group('int8 (post-training quantisation of model.onnx)')
+    int8 = parser.add_argument_group('int8 (post-training quantisation of model.onnx and inference.pdmodel)')
     int8.add_argument('--int8', action='store_true',
-                      help='also write openvino_int8.xml (NNCF, calibrated) and model_int8.onnx (ONNX Runtime), '
-                           'for infer.py/eval.py --precision int8 (needs --onnx)')
+                      help='with --onnx: also write openvino_int8.xml (NNCF, calibrated) and model_int8.onnx (ONNX '
+                           'Runtime); with --format pdmodel: inference_int8.pdmodel (Paddle PTQ, Paddle Inference '
+                           'on CPU); for infer.py/eval.py --precision int8')
     int8.add_argument('--calib_images', metavar='DIR',
-                      help="images that set OpenVINO's int8 ranges, preprocessed as inference.yml says")
+                      help="images that set the int8 activation ranges, preprocessed as inference.yml says")
     int8.add_argument('--calib_count', type=int, default=128, help='calibration images used (spread over DIR)')
     parser.add_argument('--debug', action='store_true', help='full traceback on errors')
     return parser
@@ -65,10 +73,11 @@ def check_features_export(args) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     check_output_dir(args.output)
+    check_program_format(args.format)
     if args.onnx:
         check_onnx_export_available()
     if args.int8:
-        check_int8_export_available(args.onnx, args.calib_images, args.calib_count, args.batch_size)
+        check_int8_export_available(args.onnx, args.calib_images, args.calib_count, args.batch_size, args.format)
     elif args.calib_images:
         raise ValueError('--calib_images is read only with --int8')
     check_features_export(args)
@@ -89,7 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        batch_size=args.batch_size, with_softmax=args.with_softmax,
                                        label_names=label_names, class_names=class_names, onnx=args.onnx,
                                        calib_batches=calib_batches,
-                                       feature_info=model.feature_info if args.features_only else None)
+                                       feature_info=model.feature_info if args.features_only else None,
+                                       program_format=args.format)
     print(json.dumps({'output': args.output, 'files': files, 'model': name,
                       'num_classes': model.num_classes, 'input_size': list(data_cfg['input_size'])}))
     return 0

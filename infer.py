@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool(dev, 'enable_mkldnn', True, 'oneDNN kernels on CPU')
     dev.add_argument('--cpu_threads', type=int, default=cpu_threads(), help='CPU math threads')
     dev.add_argument('--precision', default='fp32', choices=PRECISIONS,
-                     help='int8: DIR/model_int8.onnx (export_model.py --int8) on onnxruntime/openvino, or '
-                          'TensorRT; bf16: openvino on a CPU with bf16 math; fp16: --use_gpu')
+                     help='int8: the quantised copies of export_model.py --int8 (inference_int8.pdmodel on paddle, '
+                          'model_int8.onnx / openvino_int8.xml), or TensorRT; bf16: on a CPU with bf16 math, '
+                          'openvino, or paddle on a --format pdmodel export; fp16: --use_gpu')
     dev.add_argument('--use_tensorrt', action='store_true', help='TensorRT subgraphs (GPU build with TensorRT)')
     add_bool(dev, 'ir_optim', True, 'graph optimisation passes')
     dev.add_argument('--benchmark', action='store_true',

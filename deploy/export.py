@@ -1,5 +1,7 @@
-"""Writing the export folder: the static graph traced from the model, inference.yml and, optionally, ONNX
-(and the int8 copies of deploy/quantize.py), built under a temporary name and swapped into place whole."""
+"""Writing the export folder: the static graph traced from the model (PIR's inference.json or the legacy
+inference.pdmodel), inference.yml and, optionally, ONNX (and the int8 copies of deploy/quantize.py), built
+under a temporary name and swapped into place whole."""
+import contextlib
 import os
 import shutil
 from typing import List, Optional, Sequence
@@ -11,9 +13,9 @@ import paddle.nn.functional as F
 from utils.env import dropped_output_lines
 from utils.fileio import storage_errors
 
-from .layout import (CFG_FILE, INPUT_NAME, MODEL_PREFIX, ONNX_FILE, PREPROCESS_KEYS, find_model_files,
-                     write_inference_cfg)
-from .quantize import quantize_onnx
+from .layout import (CFG_FILE, INPUT_NAME, MODEL_PREFIX, ONNX_FILE, PREPROCESS_KEYS, PROGRAM_FORMATS,
+                     find_model_files, write_inference_cfg)
+from .quantize import quantize_onnx, quantize_paddle_program
 
 ONNX_OPSET = 17  # first opset with a native LayerNormalization
 ONNX_PACKAGES = 'pip install paddle2onnx onnxruntime onnx-graphsurgeon sympy'
@@ -54,6 +56,27 @@ def check_onnx_export_available() -> None:
                              f'({str(e).splitlines()[0][:120]}); on Paddle 2.x use paddle2onnx<2') from None
 
 
+def native_program_format() -> str:
+    """What paddle.jit.save writes on the installed Paddle: 'json' (PIR) where the PIR API is on, as on
+    Paddle 3, else 'pdmodel' (the legacy program, as on Paddle 2.6)."""
+    return 'json' if paddle.framework.use_pir_api() else 'pdmodel'
+
+
+def check_program_format(program_format: str) -> None:
+    """Refuse, in one line, a --format the installed Paddle cannot write."""
+    if program_format not in PROGRAM_FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(PROGRAM_FORMATS)}, got '{program_format}'")
+    if program_format == native_program_format():
+        return
+    if program_format == 'json':
+        raise ValueError(f'--format json: Paddle {paddle.__version__} writes only the legacy program '
+                         f'(inference.pdmodel); inference.json needs Paddle 3 with its PIR API on; '
+                         f'use --format pdmodel')
+    if not hasattr(getattr(paddle, 'pir_utils', None), 'DygraphOldIrGuard'):
+        raise ValueError(f'--format pdmodel: Paddle {paddle.__version__} offers no switch to the legacy program '
+                         f'(paddle.pir_utils.DygraphOldIrGuard); use --format json')
+
+
 def _plain(value):
     """Tuples and numpy scalars as YAML-safe lists and numbers."""
     if isinstance(value, (list, tuple)):
@@ -65,14 +88,22 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
                            with_softmax: bool = False, label_names: Optional[Sequence[str]] = None,
                            class_names: Optional[Sequence[str]] = None, onnx: bool = False,
                            calib_batches: Optional[Sequence[np.ndarray]] = None,
-                           feature_info: Optional[Sequence[dict]] = None) -> List[str]:
+                           feature_info: Optional[Sequence[dict]] = None,
+                           program_format: Optional[str] = None) -> List[str]:
     """Export `model` for deployment into `output_dir`; returns the written file names. `model` is traced
     as given: pass `models.export_rewrites.rewrite_for_export(model)` for the deployed form.
 
     A backbone (models.cvt.CvTFeatures) has one graph output per feature map; its `feature_info` goes into
     inference.yml, which marks the folder as one that infer.py/eval.py do not classify with.
 
-    With `calib_batches` (needs `onnx`), the int8 copies of deploy/quantize.py are written too.
+    `program_format` ('json' or 'pdmodel'; default: what the installed Paddle writes) is the Paddle
+    Inference graph's format; a pdmodel on Paddle 3 needs the rewritten model (its QuickGELU's sigmoid
+    is, like paddle.matmul, a C function that takes PIR values only; see `_legacy_program`). ONNX is always
+    converted from the installed Paddle's own format: paddle2onnx 2.x translates a legacy program to PIR
+    first, and that translation of this model crashes (segfault in paddle2onnx 2.1.0, at the class token's
+    expand_v2), so on Paddle 3 a pdmodel export traces PIR once more for it.
+
+    With `calib_batches` (needs `onnx` or a pdmodel), the int8 copies of deploy/quantize.py are written too.
     `label_names` are what infer.py shows; `class_names` (the training data's, e.g. its folder names)
     are what eval.py --model_dir checks the val folders against.
 
@@ -80,6 +111,8 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
     failed export never leaves a half-written folder, and a previous export is replaced whole.
     """
     check_output_dir(output_dir)
+    program_format = program_format or native_program_format()
+    check_program_format(program_format)
     if onnx:
         check_onnx_export_available()
     if batch_size < 1 and batch_size != -1:
@@ -90,7 +123,7 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
     with storage_errors(output_dir):  # a read-only folder names --output, not the staging folder
         os.makedirs(staging)
     try:
-        _save_static(model, staging, data_cfg['input_size'], batch_size, with_softmax)
+        _save_static(model, staging, data_cfg['input_size'], batch_size, with_softmax, program_format)
         cfg = dict(model=model_name, num_classes=int(model.num_classes), with_softmax=bool(with_softmax),
                    batch_size=int(batch_size),
                    preprocess={k: _plain(data_cfg[k]) for k in PREPROCESS_KEYS},
@@ -101,10 +134,18 @@ def export_inference_model(model, output_dir: str, model_name: str, data_cfg: di
             cfg['feature_info'] = [dict(info) for info in feature_info]
         write_inference_cfg(staging, cfg)
         if onnx:
-            model_file, params_file = find_model_files(staging)
-            _export_onnx(model_file, params_file, os.path.join(staging, ONNX_FILE))
-        if calib_batches:
+            source, native = staging, native_program_format()
+            if program_format != native:
+                source = os.path.join(staging, 'onnx_source')
+                os.makedirs(source)
+                _save_static(model, source, data_cfg['input_size'], batch_size, with_softmax, native)
+            _export_onnx(*find_model_files(source), os.path.join(staging, ONNX_FILE))
+            if source != staging:
+                shutil.rmtree(source)
+        if calib_batches and onnx:
             quantize_onnx(os.path.join(staging, ONNX_FILE), staging, calib_batches)
+        if calib_batches and program_format == 'pdmodel':
+            quantize_paddle_program(staging, calib_batches)
         _swap_into_place(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -135,15 +176,53 @@ class InferenceModel(paddle.nn.Layer):
         return F.softmax(out, axis=-1) if self.with_softmax else out
 
 
-def _save_static(model, folder: str, input_size: Sequence[int], batch_size: int, with_softmax: bool) -> None:
+def _save_static(model, folder: str, input_size: Sequence[int], batch_size: int, with_softmax: bool,
+                 program_format: str) -> None:
     """Trace and save the deployed graph: the whole of it happens here (one place to wrap in a context)."""
     layer = InferenceModel(model, with_softmax)
     layer.eval()
     shape = [None if batch_size == -1 else batch_size] + [int(s) for s in input_size]
     spec = [paddle.static.InputSpec(shape=shape, dtype='float32', name=INPUT_NAME)]
-    with dropped_output_lines(STATIC_EXPORT_NOISE):
+    legacy = program_format != native_program_format()  # checked: only pdmodel on a PIR Paddle gets here
+    with dropped_output_lines(STATIC_EXPORT_NOISE), (_legacy_program() if legacy else contextlib.nullcontext()):
         static = paddle.jit.to_static(layer, input_spec=spec, full_graph=True)
         paddle.jit.save(static, os.path.join(folder, MODEL_PREFIX))
+
+
+@contextlib.contextmanager
+def _legacy_program():
+    """Trace into Paddle's legacy program on a PIR Paddle (3.3.1 tested), as Paddle's own QAT save does
+    (DygraphOldIrGuard: FLAGS_enable_pir_api off for the trace, back on after). Two of this model's paths
+    fail there: F.scaled_dot_product_attention ('tuple' object has no attribute 'numel'), so attention takes
+    the explicit softmax; and paddle.matmul, which Paddle 3.3 binds to a C function taking PIR values only
+    ('matmul(): argument (position 1) must be Value, but got Variable'), so it gets the legacy matmul_v2."""
+    from models.layers import set_fused_attn, use_fused_attn
+    fused, matmul = use_fused_attn(), paddle.matmul
+    set_fused_attn(False)
+    paddle.matmul = _matmul_for_legacy_program(matmul)
+    try:
+        with paddle.pir_utils.DygraphOldIrGuard():
+            yield
+    finally:
+        paddle.matmul = matmul
+        set_fused_attn(fused)
+
+
+def _matmul_for_legacy_program(matmul):
+    """`matmul` whose legacy-program Variables become a matmul_v2 op, as Paddle 2.6's paddle.matmul appends it."""
+    from paddle.base.framework import Variable
+    from paddle.base.layer_helper import LayerHelper
+
+    @paddle.jit.not_to_static
+    def traced(x, y, transpose_x=False, transpose_y=False, name=None):
+        if not isinstance(x, Variable):
+            return matmul(x, y, transpose_x, transpose_y, name)
+        helper = LayerHelper('matmul_v2')
+        out = helper.create_variable_for_type_inference(dtype=x.dtype)
+        helper.append_op(type='matmul_v2', inputs={'X': x, 'Y': y}, outputs={'Out': out},
+                         attrs={'trans_x': transpose_x, 'trans_y': transpose_y})
+        return out
+    return traced
 
 
 def _export_onnx(model_file: str, params_file: str, onnx_file: str) -> None:

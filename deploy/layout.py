@@ -1,9 +1,10 @@
 """The export folder's layout: its file names, the graph's input name, and inference.yml (read and written here).
 
-An export holds inference.json (Paddle 3, PIR) or inference.pdmodel (Paddle 2.x), inference.pdiparams,
-inference.yml (model name, num_classes, with_softmax, resolved eval preprocessing, label names to show, the
-training data's class names) and, with ONNX, model.onnx (plus the int8 copies of export_model.py --int8).
-infer.py needs nothing outside the folder.
+An export holds inference.json (Paddle 3, PIR) or inference.pdmodel (the legacy program: Paddle 2.x, or
+export_model.py --format pdmodel), inference.pdiparams, inference.yml (model name, num_classes, with_softmax,
+resolved eval preprocessing, label names to show, the training data's class names) and, with ONNX,
+model.onnx; export_model.py --int8 adds quantised copies (of model.onnx, and of inference.pdmodel). infer.py
+needs nothing outside the folder.
 """
 import os
 from typing import Optional, Tuple
@@ -11,12 +12,16 @@ from typing import Optional, Tuple
 import yaml
 
 MODEL_PREFIX = 'inference'
-MODEL_FILES = (f'{MODEL_PREFIX}.json', f'{MODEL_PREFIX}.pdmodel')  # Paddle 3 (PIR), Paddle 2.x
+PROGRAM_FORMATS = ('json', 'pdmodel')  # PIR (Paddle 3), the legacy program (Paddle 2.x; Paddle 3 on request)
+MODEL_FILES = tuple(f'{MODEL_PREFIX}.{fmt}' for fmt in PROGRAM_FORMATS)
 CFG_FILE = f'{MODEL_PREFIX}.yml'
 ONNX_FILE = 'model.onnx'
 # export_model.py --int8: quantised copies of model.onnx, for ONNX Runtime (dynamic int8 MatMuls) and OpenVINO (IR)
 INT8_ONNX_FILE = 'model_int8.onnx'
 INT8_OPENVINO_FILE = 'openvino_int8.xml'  # weights in openvino_int8.bin
+# export_model.py --format pdmodel --int8: the legacy program quantised by Paddle's post-training quantisation,
+# for Paddle Inference --precision int8 on CPU (oneDNN)
+INT8_PADDLE_FILES = (f'{MODEL_PREFIX}_int8.pdmodel', f'{MODEL_PREFIX}_int8.pdiparams')
 INPUT_NAME = 'x'
 PREPROCESS_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
 

@@ -6,10 +6,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import paddle
 
-from utils.env import cpu_summary
+from utils.env import cpu_summary, dropped_output_lines
 
 from .export import ONNX_PACKAGES
-from .layout import INPUT_NAME, INT8_ONNX_FILE, INT8_OPENVINO_FILE, ONNX_FILE, find_model_files
+from .layout import INPUT_NAME, INT8_ONNX_FILE, INT8_OPENVINO_FILE, INT8_PADDLE_FILES, ONNX_FILE, find_model_files
 
 BF16_FLAGS = ('avx512_bf16', 'amx_bf16')  # either gives bf16 math
 
@@ -25,6 +25,16 @@ BACKENDS = ('paddle', 'onnxruntime', 'openvino')
 PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
 OPENVINO_PACKAGE = 'pip install openvino'
 BACKEND_PRECISIONS = {'onnxruntime': ('fp32', 'int8'), 'openvino': ('fp32', 'bf16', 'int8')}
+# Paddle Inference's oneDNN bf16 on the legacy program: the ops of this graph with a bf16 kernel, except
+# elementwise_add, whose bf16 residual adds fail on Paddle 3.3.1 ("The type of data we are trying to retrieve
+# (float32) does not match the type of data (bfloat16)", operator elementwise_add)
+PADDLE_BF16_OPS = ('fc', 'fused_matmul', 'matmul_v2', 'conv2d', 'fused_conv2d', 'depthwise_conv2d', 'layer_norm',
+                   'softmax', 'transpose2', 'fused_transpose', 'reshape2', 'fused_reshape2', 'concat', 'split',
+                   'scale', 'slice', 'swish', 'elementwise_mul')
+# Paddle 3.3.1 on inference.json (PIR) with enable_mkldnn_bfloat16, at predictor creation (measured)
+PIR_BF16_ERROR = 'Ctx should have corresponding OpInfo pd_op.quantize'
+# What Paddle Inference prints on every bf16/int8 predictor: a glog line on enabling bf16, one line per pass
+ONEDNN_PASS_NOISE = ('Hardware support for BFLOAT16 is enabled', '---    ')
 
 
 def check_device_options(backend: str, use_gpu: bool, use_tensorrt: bool, precision: str,
@@ -57,19 +67,30 @@ def check_device_options(backend: str, use_gpu: bool, use_tensorrt: bool, precis
     if use_tensorrt and model_file and model_file.endswith('.json'):
         raise ValueError(f'--use_tensorrt: {model_file} is a Paddle 3 (PIR) program, which Paddle\'s TensorRT '
                          f'engine option does not run (PIR needs paddle.tensorrt conversion, not implemented here); '
-                         f'drop --use_tensorrt, or export with Paddle 2.6 for an inference.pdmodel')
+                         f'drop --use_tensorrt, or export with export_model.py --format pdmodel')
     if precision == 'fp16' and not use_gpu:
         raise ValueError('--precision fp16 needs --use_gpu (CPU inference runs fp32)')
     if precision == 'bf16':
-        reason = missing_bf16_flags(cpu_summary()) or (
-            'Paddle finds no bf16 kernels on this CPU (paddle.base.core.supports_bfloat16() is False)'
-            if not paddle.base.core.supports_bfloat16() else 'its oneDNN bf16 path is untested on these exports')
+        _check_paddle_bf16(use_gpu, model_file)
+    if precision == 'int8' and not use_tensorrt and use_gpu:
+        raise ValueError('--precision int8 on Paddle Inference runs on the CPU (oneDNN) or with --use_tensorrt; '
+                         'drop --use_gpu or add --use_tensorrt')
+
+
+def _check_paddle_bf16(use_gpu: bool, model_file: Optional[str]) -> None:
+    """Paddle Inference bf16 is oneDNN's, on a CPU with bf16 math and on the legacy program only."""
+    if use_gpu:
+        raise ValueError('--precision bf16 on Paddle Inference runs on the CPU (oneDNN); drop --use_gpu')
+    reason = missing_bf16_flags(cpu_summary()) or (
+        'Paddle finds no bf16 kernels on this CPU (paddle.base.core.supports_bfloat16() is False)'
+        if not paddle.base.core.supports_bfloat16() else None)
+    if reason:
         raise ValueError(f'--precision bf16 is not offered on Paddle Inference: {reason}; use --backend openvino '
                          f'--precision bf16 where OpenVINO supports it, or fp32')
-    if precision == 'int8' and not use_tensorrt:
-        raise ValueError('--precision int8 needs --use_tensorrt on Paddle Inference (its CPU int8 runs only '
-                         'PaddleSlim-quantised programs, which this export is not); on CPU use --backend openvino '
-                         'or onnxruntime --precision int8 (export_model.py --int8)')
+    if model_file and model_file.endswith('.json'):
+        raise ValueError(f"--precision bf16: {model_file} is a Paddle 3 (PIR) program, whose oneDNN bf16 passes "
+                         f"fail on Paddle {paddle.__version__} ({PIR_BF16_ERROR}); export with export_model.py "
+                         f"--format pdmodel, or use --backend openvino --precision bf16")
 
 
 def _paddle_predictor(model_file: str, params_file: str, input_size: Sequence[int], max_batch_size: int, *,
@@ -78,6 +99,7 @@ def _paddle_predictor(model_file: str, params_file: str, input_size: Sequence[in
     from paddle import inference
     config = inference.Config(model_file, params_file)
     precision_type = {'fp32': inference.PrecisionType.Float32, 'fp16': inference.PrecisionType.Half,
+                      'bf16': inference.PrecisionType.Float32,  # GPU precision; bf16 is a CPU oneDNN option
                       'int8': inference.PrecisionType.Int8}[precision]
     if use_gpu:
         config.enable_use_gpu(256, 0, precision_type if not use_tensorrt else inference.PrecisionType.Float32)
@@ -91,12 +113,22 @@ def _paddle_predictor(model_file: str, params_file: str, input_size: Sequence[in
     else:
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(cpu_threads)
+        if precision in ('bf16', 'int8') and not (enable_mkldnn and ir_optim):
+            raise ValueError(f'--precision {precision} on Paddle Inference is made by oneDNN graph passes: '
+                             f'drop --no_enable_mkldnn and --no_ir_optim')
         if enable_mkldnn:
             config.enable_mkldnn()
+        if precision == 'bf16':
+            with dropped_output_lines(ONEDNN_PASS_NOISE):
+                config.enable_mkldnn_bfloat16()
+            config.set_bfloat16_op(set(PADDLE_BF16_OPS))
+        elif precision == 'int8':  # the quantised program's fake-quant ops become oneDNN int8 kernels
+            config.enable_mkldnn_int8()
     # enable_memory_optim() is left out on purpose: it breaks these graphs on Paddle 3.3.
     config.switch_ir_optim(ir_optim)
     config.disable_glog_info()
-    predictor = inference.create_predictor(config)
+    with dropped_output_lines(ONEDNN_PASS_NOISE):
+        predictor = inference.create_predictor(config)
     input_handle = predictor.get_input_handle(predictor.get_input_names()[0])
     output_handle = predictor.get_output_handle(predictor.get_output_names()[0])
 
@@ -107,6 +139,16 @@ def _paddle_predictor(model_file: str, params_file: str, input_size: Sequence[in
         return output_handle.copy_to_cpu()
 
     return run
+
+
+def _paddle_int8_file(model_dir: str) -> str:
+    """inference_int8.pdmodel of an export folder; missing, the line names the export flags that write it."""
+    path = os.path.join(model_dir, INT8_PADDLE_FILES[0])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path}: not found (Paddle Inference int8 runs a quantised program: export with '
+                                f'export_model.py --format pdmodel --int8 --calib_images DIR, or use --backend '
+                                f'openvino or onnxruntime --precision int8)')
+    return path
 
 
 def _onnx_file(model_dir: str, precision: str, backend: str) -> str:
@@ -184,6 +226,8 @@ def build_predictor(model_dir: str, cfg: dict, *, backend: str = 'paddle', model
     """A callable (N, 3, H, W) float32 -> (N, num_classes) graph output (probabilities or logits, see
     cfg['with_softmax']) for the Paddle Inference, ONNX Runtime or OpenVINO backend."""
     if backend == 'paddle':
+        if precision == 'int8' and not use_tensorrt and model_file is None:
+            model_file = _paddle_int8_file(model_dir)
         model_file, params_file = find_model_files(model_dir, model_file, params_file)
     check_device_options(backend, use_gpu, use_tensorrt, precision, model_file)
     fixed = cfg.get('batch_size', -1)

@@ -15,6 +15,9 @@ except ImportError:  # Paddle 2.6 sends every GPU call to flash_attn (fp16/bf16 
 _fused_attn = sdpa_kernel is not None
 
 
+# Called, not converted, while tracing: dy2static converts a function once with a copy of its module's globals,
+# so a converted copy would keep the first value it saw and ignore set_fused_attn after the first trace.
+@paddle.jit.not_to_static
 def use_fused_attn() -> bool:
     """Whether attention goes through F.scaled_dot_product_attention (else an explicit softmax)."""
     return _fused_attn

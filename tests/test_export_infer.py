@@ -194,8 +194,8 @@ def test_infer_model_dir_without_model(export_dir, assets, tmp_path, capsys):
     (['--use_gpu'], '--use_gpu: the installed Paddle is a CPU build'),
     (['--use_tensorrt'], '--use_tensorrt needs --use_gpu'),
     (['--precision', 'fp16'], '--precision fp16 needs --use_gpu'),
-    (['--precision', 'int8'], 'on CPU use --backend openvino or onnxruntime --precision int8'),
-    (['--precision', 'bf16'], '--precision bf16 is not offered on Paddle Inference'),
+    (['--precision', 'int8'], 'inference_int8.pdmodel: not found (Paddle Inference int8 runs a quantised program: '
+                              'export with export_model.py --format pdmodel --int8 --calib_images DIR'),
 ])
 def test_infer_refuses_what_a_cpu_build_cannot_serve(flags, expected, export_dir, assets, capsys):
     err = _infer_error(['--model_dir', str(export_dir), '--images', str(assets / 'images'), *flags], capsys)
@@ -226,5 +226,5 @@ def test_tensorrt_on_a_pir_export_is_refused_with_what_works(export_dir, monkeyp
     monkeypatch.setattr(paddle, 'is_compiled_with_cuda', lambda: True)  # the check a GPU build reaches
     monkeypatch.setattr(paddle.inference, 'get_trt_compile_version', lambda: (8, 6, 1))
     with pytest.raises(ValueError, match=r'--use_tensorrt: .*inference.json is a Paddle 3 \(PIR\) program.*'
-                                         r'drop --use_tensorrt, or export with Paddle 2.6'):
+                                         r'drop --use_tensorrt, or export with export_model.py --format pdmodel'):
         build_predictor(str(export_dir), read_inference_cfg(str(export_dir)), use_gpu=True, use_tensorrt=True)

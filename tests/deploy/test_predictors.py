@@ -158,7 +158,8 @@ def test_int8_without_the_int8_model_names_the_export_flag(exported, tmp_path, c
 
 
 @pytest.mark.parametrize('flags, expected', [
-    (['--int8', '--calib_images', '.'], '--int8 quantises model.onnx: add --onnx'),
+    (['--int8', '--calib_images', '.'], '--int8 quantises model.onnx or inference.pdmodel: add --onnx, or '
+                                        '--format pdmodel (Paddle Inference int8)'),
     (['--onnx', '--int8'], '--int8 needs --calib_images DIR'),
     (['--onnx', '--calib_images', '.'], '--calib_images is read only with --int8'),
     (['--onnx', '--int8', '--calib_images', '.', '--batch_size', '2'], 'export with --batch_size -1'),
