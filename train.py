@@ -17,7 +17,7 @@ from typing import Callable, Optional, Tuple
 import paddle
 
 from cli import run_main
-from datasets.imagenet import build_dataset, check_class_names
+from datasets.imagenet import build_dataset, check_class_names, read_label_names
 from datasets.loader import build_loader
 from datasets.mixup import Mixup
 from datasets.transforms import build_transform, resolve_data_cfg
@@ -352,6 +352,8 @@ def build_model_and_data(args, rank: int, world_size: int):
     if args.num_classes is None:
         args.num_classes = train_set.num_classes
         _logger.info('num_classes=%d, from the training data', args.num_classes)
+    if args.label_list:
+        train_set.classes = list_file_class_names(args, train_set)
     fit_batch_to_data(args, len(train_set), world_size)
     overrides = {k: v for k, v in dict(num_classes=args.num_classes, drop_path_rate=args.drop_path,
                                        drop_rate=args.drop).items() if v is not None}
@@ -363,6 +365,18 @@ def build_model_and_data(args, rank: int, world_size: int):
         _logger.info('gradient checkpointing: every block is recomputed in backward')
     data_cfg, train_loader, val_loader = build_data(args, model.default_cfg, train_set, rank, world_size)
     return model, train_set, data_cfg, train_loader, val_loader
+
+
+def list_file_class_names(args, train_set) -> list:
+    """The class names --label_list gives a list-file run (its checkpoints store them as folder names are)."""
+    if train_set.classes is not None:
+        raise ValueError(f'--label_list names the classes of a --cls_label_path_train run; the class folders of '
+                         f'{args.data_dir}/train name theirs: drop --label_list')
+    names = read_label_names(args.label_list)
+    if len(names) != args.num_classes:
+        raise ValueError(f'{args.label_list}: {len(names)} class names, expected {args.num_classes} (the classes of '
+                         f'{args.cls_label_path_train}, or --num_classes)')
+    return names
 
 
 def build_mixup(args, num_classes: int):

@@ -201,3 +201,28 @@ def test_resuming_on_renamed_train_folders_is_refused(shapes, tmp_path, capsys):
                      f"a new run from its weights with --finetune {latest} --experiment NAME")
     assert_hint_flags_exist(error, 'train.py')
     assert latest.read_bytes() == before
+
+
+def test_a_list_file_run_takes_its_class_names_from_label_list(shapes, tmp_path, capsys):
+    lines = [f'train/{shape}/{i}.png {c}' for c, shape in enumerate(SHAPES) for i in range(4)]
+    (tmp_path / 'train_list.txt').write_text('\n'.join(lines) + '\n')
+    names = tmp_path / 'names.txt'
+    names.write_text(''.join(f'{c} {shape}\n' for c, shape in enumerate(SHAPES)))
+    argv = [str(shapes), '--cls_label_path_train', str(tmp_path / 'train_list.txt'), '--output', str(tmp_path),
+            *PLAIN]
+    assert script_main('train.py')([*argv, '--experiment', 'list', '--label_list', str(names)]) == 0
+    ckpt = tmp_path / 'list' / 'checkpoint-latest.pd'
+    assert load_training_state(str(ckpt))['class_names'] == list(SHAPES)
+    capsys.readouterr()
+    names.write_text('0 round\n1 box\n2 three corners\n')  # the val folders are named otherwise: refused
+    error = one_line_error('train.py', [*argv, '--experiment', 'other', '--label_list', str(names)], capsys)
+    assert error.startswith(f"error: {shapes / 'val' / 'circle'} is not a class of the train split (it has round, box")
+    names.write_text('0 round\n1 box\n')
+    error = one_line_error('train.py', [*argv, '--experiment', 'short', '--label_list', str(names)], capsys)
+    assert error == (f'error: {names}: 2 class names, expected 3 (the classes of {tmp_path / "train_list.txt"}, '
+                     f'or --num_classes)')
+    assert_hint_flags_exist(error, 'train.py')
+    error = one_line_error('train.py', [str(shapes), '--output', str(tmp_path), '--experiment', 'folders',
+                                        '--label_list', str(names), *PLAIN], capsys)
+    assert error == (f'error: --label_list names the classes of a --cls_label_path_train run; the class folders of '
+                     f'{shapes}/train name theirs: drop --label_list')

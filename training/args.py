@@ -25,6 +25,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="training list of 'relative/path label' lines (default: class folders in data_dir/train)")
     g.add_argument('--cls_label_path_val', default=None, metavar='FILE',
                    help="validation list of 'relative/path label' lines (default: class folders in data_dir/val)")
+    g.add_argument('--label_list', default=None, metavar='FILE',
+                   help="'id name' lines naming the classes of a --cls_label_path_train run, stored in its "
+                        "checkpoints and exports (class folders name themselves)")
     g.add_argument('--input_size', type=int, default=None, metavar='PX',
                    help="square train and eval input side (default: the model's default_cfg)")
     g.add_argument('--interpolation', default=None, choices=('nearest', 'bilinear', 'bicubic'),
