@@ -20,7 +20,7 @@ from models import cvt, export_rewrites, layers
 from models.export_rewrites import rewrite_for_export
 from models.layers import portable_attention
 from utils.download import default_cache_dir
-from utils.fileio import StorageError, storage_errors
+from utils.fileio import StorageError, storage_errors, sync_folder
 from utils.logger import get_logger
 
 from . import export
@@ -114,7 +114,7 @@ def _build_entry(model, build: str, folder: str, *, model_name: str, data_cfg: d
         export_inference_model(rewrite_for_export(model), build, model_name, data_cfg, onnx=onnx)
     with open(os.path.join(build, SOURCE_FILE), 'w', encoding='utf-8') as f:
         json.dump(source, f, indent=2)
-    _sync_folder(build)
+    sync_folder(build)
     if os.path.isdir(folder) and not _is_complete(folder, onnx):
         shutil.rmtree(folder)  # a damaged entry (a file deleted by hand): replaced
     try:
@@ -122,21 +122,7 @@ def _build_entry(model, build: str, folder: str, *, model_name: str, data_cfg: d
     except OSError:
         if not _is_complete(folder, onnx):  # anything but another process having won the race
             raise
-    _sync_folder(os.path.dirname(folder))
-
-
-def _sync_folder(folder: str) -> None:
-    """fsync every file of `folder`, then the folder: the entry is on disk before its name is."""
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            with open(path, 'rb') as f:
-                os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_folder(os.path.dirname(folder))
 
 
 def _remove_stale(root: str, source: dict, keep: str) -> None:

@@ -11,7 +11,7 @@ import paddle
 import paddle.nn.functional as F
 
 from utils.env import dropped_output_lines
-from utils.fileio import storage_errors
+from utils.fileio import storage_errors, sync_folder
 
 from .layout import (CFG_FILE, INPUT_NAME, MODEL_PREFIX, ONNX_FILE, PREPROCESS_KEYS, PROGRAM_FORMATS,
                      find_model_files, write_inference_cfg)
@@ -234,8 +234,11 @@ def _export_onnx(model_file: str, params_file: str, onnx_file: str) -> None:
 
 
 def _swap_into_place(staging: str, output_dir: str) -> None:
+    """Rename the finished `staging` folder to `output_dir` (replacing a previous export), durably."""
+    sync_folder(staging)
     if not os.path.exists(output_dir):
         os.rename(staging, output_dir)
+        sync_folder(os.path.dirname(output_dir))
         return
     retired = staging + '.old'
     os.rename(output_dir, retired)
@@ -244,4 +247,5 @@ def _swap_into_place(staging: str, output_dir: str) -> None:
     except OSError:
         os.rename(retired, output_dir)  # put the previous export back
         raise
+    sync_folder(os.path.dirname(output_dir))
     shutil.rmtree(retired, ignore_errors=True)

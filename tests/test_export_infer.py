@@ -18,7 +18,7 @@ from deploy.export import check_onnx_export_available, export_inference_model
 from deploy.layout import find_model_files, read_inference_cfg
 from deploy.predictors import build_predictor
 from models import create_model
-from tests.scripts import one_line_error, script_main
+from tests.scripts import export_tiny, one_line_error, script_main
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
@@ -228,3 +228,17 @@ def test_tensorrt_on_a_pir_export_is_refused_with_what_works(export_dir, monkeyp
     with pytest.raises(ValueError, match=r'--use_tensorrt: .*inference.json is a Paddle 3 \(PIR\) program.*'
                                          r'drop --use_tensorrt, or export with export_model.py --format pdmodel'):
         build_predictor(str(export_dir), read_inference_cfg(str(export_dir)), use_gpu=True, use_tensorrt=True)
+
+
+def test_an_export_is_on_disk_before_its_folder_is_renamed_into_place(tmp_path, monkeypatch):
+    import utils.fileio
+    synced, real_fsync = [], utils.fileio._fsync
+
+    def recording_fsync(path):
+        synced.append(os.path.abspath(path))
+        real_fsync(path)
+    monkeypatch.setattr(utils.fileio, '_fsync', recording_fsync)
+    out = export_tiny(tmp_path, 3)
+    staged = {os.path.basename(p) for p in synced if os.path.basename(os.path.dirname(p)).startswith('.inference.tmp')}
+    assert set(os.listdir(out)) <= staged  # every file of the export, fsynced in the staging folder
+    assert str(tmp_path) in synced  # and the folder that holds the renamed export

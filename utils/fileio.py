@@ -78,6 +78,17 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def sync_folder(folder: str) -> None:
+    """fsync every file of `folder`, then the folder: what was written there is on disk before a rename
+    publishes it (an export built aside, then renamed into place)."""
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            _fsync(path)
+    if os.name != 'nt':  # no folder fds on Windows
+        _fsync(folder)
+
+
 def write_json(path: str, obj) -> None:
     """Write `obj` as indented JSON, atomically and durably."""
     with atomic_write(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
