@@ -196,16 +196,14 @@ def _legacy_program():
     fail there: F.scaled_dot_product_attention ('tuple' object has no attribute 'numel'), so attention takes
     the explicit softmax; and paddle.matmul, which Paddle 3.3 binds to a C function taking PIR values only
     ('matmul(): argument (position 1) must be Value, but got Variable'), so it gets the legacy matmul_v2."""
-    from models.layers import set_fused_attn, use_fused_attn
-    fused, matmul = use_fused_attn(), paddle.matmul
-    set_fused_attn(False)
+    from models.layers import portable_attention
+    matmul = paddle.matmul
     paddle.matmul = _matmul_for_legacy_program(matmul)
     try:
-        with paddle.pir_utils.DygraphOldIrGuard():
+        with portable_attention(), paddle.pir_utils.DygraphOldIrGuard():
             yield
     finally:
         paddle.matmul = matmul
-        set_fused_attn(fused)
 
 
 def _matmul_for_legacy_program(matmul):

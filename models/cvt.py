@@ -117,7 +117,7 @@ class Attention(nn.Layer):
 
     def _probs(self, q, k):
         """softmax(scale q k^T): (B, heads, T, T') from (B, T, heads, d) q and (B, T', heads, d) k."""
-        q = (q * self.scale).transpose([0, 2, 1, 3])  # (B, heads, T, d)
+        q = (q if self.scale == 1.0 else q * self.scale).transpose([0, 2, 1, 3])  # (B, heads, T, d); 1: folded
         return F.softmax(paddle.matmul(q, k.transpose([0, 2, 1, 3]), transpose_y=True), axis=-1)
 
     def _key_grid(self, h: int, w: int):

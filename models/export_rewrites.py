@@ -5,7 +5,7 @@ import copy
 import paddle
 from paddle import nn
 
-from .cvt import QuickGELU
+from .cvt import Attention, QuickGELU
 
 QUICK_GELU_ALPHA = 1.702  # QuickGELU(x) = x * sigmoid(1.702 x), as models/cvt.py computes it
 
@@ -16,6 +16,7 @@ def rewrite_for_export(model: nn.Layer) -> nn.Layer:
     rewritten.eval()
     fold_batchnorm(rewritten)
     quick_gelu_to_swish(rewritten)
+    fold_attention_scale(rewritten)
     return rewritten
 
 
@@ -50,6 +51,19 @@ def quick_gelu_to_swish(model: nn.Layer) -> None:
                 fc1.bias.set_value(fc1.bias * QUICK_GELU_ALPHA)
             fc2.weight.set_value(fc2.weight / QUICK_GELU_ALPHA)  # Linear weight is [in, out]: scales the input
             layer.act = nn.Swish()
+
+
+@paddle.no_grad()
+def fold_attention_scale(model: nn.Layer) -> None:
+    """In place, on an eval-mode copy: every Attention's `scale` moves into its q projection (weight and bias
+    times scale, scale -> 1), so the graph has no multiply (and paddle2onnx's add of 0) on q per block.
+    softmax(scale q k^T) = softmax((scale q) k^T), and scale q = x (scale W) + scale b."""
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, Attention) and layer.scale != 1.0:
+            layer.proj_q.weight.set_value(layer.proj_q.weight * layer.scale)
+            if layer.proj_q.bias is not None:
+                layer.proj_q.bias.set_value(layer.proj_q.bias * layer.scale)
+            layer.scale = 1.0
 
 
 @paddle.no_grad()

@@ -32,14 +32,17 @@ def set_fused_attn(enable: bool) -> None:
 
 @contextlib.contextmanager
 def portable_attention():
-    """Trace attention into plain matmul/softmax ops, for an export that runs anywhere (Paddle Inference on
-    CPU, ONNX). Outside dygraph SDPA picks its kernel from the current device, so a trace on a GPU would hold
-    flash_attn or memory_efficient_attention ops; wrap `paddle.jit.to_static` and `paddle.jit.save` in this."""
-    if sdpa_kernel is None:  # no SDPA in the graph on this Paddle
+    """Trace attention as the explicit matmul/softmax path, for an export that runs anywhere (Paddle Inference
+    on CPU, ONNX, the legacy program): traced SDPA picks its kernel from the tracing device (flash_attn ops on a
+    GPU), and its math form scales q twice (our head-count share, then 1/sqrt(head_dim)); the explicit path
+    scales once, not at all once models.export_rewrites has folded the scale into the q projection. Wrap
+    `paddle.jit.to_static` and `paddle.jit.save` in this."""
+    fused = use_fused_attn()
+    set_fused_attn(False)
+    try:
         yield
-    else:
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
+    finally:
+        set_fused_attn(fused)
 
 
 class _AddmmLinear(PyLayer):

@@ -1,5 +1,5 @@
 """Export-only rewrites: BatchNorm folded into the depthwise convs, QuickGELU as swish with the 1.702 in the
-Linears; same outputs, training model untouched."""
+Linears, the attention scale in the q projections; same outputs, training model untouched."""
 import numpy as np
 import paddle
 
@@ -41,3 +41,23 @@ def test_rewritten_copy_has_no_batchnorm_nor_quick_gelu_and_the_same_outputs():
     assert model.stage0.blocks[0].attn.conv_proj_q.conv.bias is None
     np.testing.assert_array_equal(model.stage0.blocks[0].mlp.fc1.weight.numpy() * 1.702,
                                   rewritten.stage0.blocks[0].mlp.fc1.weight.numpy())
+    for original, folded in ((b.attn, r.attn) for b, r in zip(model.stage1.blocks, rewritten.stage1.blocks)):
+        assert original.scale == original.proj_q.weight.shape[1] ** -0.5 and folded.scale == 1.0
+        np.testing.assert_allclose(original.proj_q.bias.numpy() * original.scale, folded.proj_q.bias.numpy(),
+                                   rtol=1e-6)
+
+
+def test_exported_graph_has_no_multiply_on_q(tmp_path):
+    """The folded scale leaves no Mul on the attention's q in model.onnx (paddle2onnx writes `q * scale` as a
+    Mul and an Add of 0): the MLP's swish is the only Mul left, one per block."""
+    import onnx
+    from datasets.transforms import resolve_data_cfg
+    from deploy.export import export_inference_model
+    from models.layers import portable_attention
+    model = _model_with_trained_bn_statistics()
+    with portable_attention():
+        export_inference_model(rewrite_for_export(model), str(tmp_path / 'export'), 'cvt_tiny',
+                               resolve_data_cfg(model.default_cfg), onnx=True)
+    ops = [node.op_type for node in onnx.load(str(tmp_path / 'export' / 'model.onnx')).graph.node]
+    blocks = sum(len(getattr(model, f'stage{i}').blocks) for i in range(model.num_stages))
+    assert ops.count('Mul') <= blocks, ops
