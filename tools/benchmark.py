@@ -4,9 +4,11 @@
     python tools/benchmark.py --mode train --torch_python /tmp/torchref/bin/python
 
 --mode infer (default): batch-1 latency and large-batch images/s for dygraph, Paddle Inference (oneDNN
-off/on), ONNX Runtime (fp32, int8), OpenVINO (fp32, bf16, int8) and torch, plus each row's accuracy
-cost on a real photo: max |probability difference| and top-1 against dygraph fp32. --mode train: images/s of one optimizer step (forward, cross-entropy,
-backward, AdamW step, clear grad) for dygraph and torch, both in train mode (drop path on).
+off/on, and with oneDNN bf16 and int8 on the legacy-program export, export_model.py --format pdmodel),
+ONNX Runtime (fp32, int8), OpenVINO (fp32, bf16, int8) and torch, plus each row's accuracy cost on a real
+photo: max |probability difference| and top-1 against dygraph fp32. --mode train: images/s of one optimizer
+step (forward, cross-entropy, backward, AdamW step, clear grad) for dygraph and torch, both in train mode
+(drop path on).
 
 Random weights (speed does not depend on them), fixed batches of random pixels, warm-up runs, then
 the median of timed runs. Each backend runs in its own process with OMP_NUM_THREADS set to --threads,
@@ -22,16 +24,35 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/benchmark.py`
 
-# exported rows: (infer.py --backend, --precision, oneDNN for the paddle backend)
-DEPLOYED = {'paddle_inference': ('paddle', 'fp32', False), 'paddle_inference_onednn': ('paddle', 'fp32', True),
-            'onnxruntime': ('onnxruntime', 'fp32', False), 'onnxruntime_int8': ('onnxruntime', 'int8', False),
-            'openvino': ('openvino', 'fp32', False), 'openvino_bf16': ('openvino', 'bf16', False),
-            'openvino_int8': ('openvino', 'int8', False)}
+
+
+class Deployed(NamedTuple):
+    """An exported row: what infer.py runs (--backend, --precision, oneDNN for the paddle backend) on which
+    of EXPORTS."""
+    runtime: str
+    precision: str
+    onednn: bool
+    export: str
+
+
+# The export folders a run writes (each only when an asked row runs it): ours in the installed Paddle's own
+# format (with model.onnx and its int8 copies), and ours as the legacy program (Paddle Inference's oneDNN bf16
+# and int8 run only that; int8 on its copy quantised by Paddle's PTQ)
+EXPORTS = ('export', 'pdmodel')
+DEPLOYED = {'paddle_inference': Deployed('paddle', 'fp32', False, 'export'),
+            'paddle_inference_onednn': Deployed('paddle', 'fp32', True, 'export'),
+            'paddle_inference_bf16': Deployed('paddle', 'bf16', True, 'pdmodel'),
+            'paddle_inference_int8': Deployed('paddle', 'int8', True, 'pdmodel'),
+            'onnxruntime': Deployed('onnxruntime', 'fp32', False, 'export'),
+            'onnxruntime_int8': Deployed('onnxruntime', 'int8', False, 'export'),
+            'openvino': Deployed('openvino', 'fp32', False, 'export'),
+            'openvino_bf16': Deployed('openvino', 'bf16', False, 'export'),
+            'openvino_int8': Deployed('openvino', 'int8', False, 'export')}
 BACKENDS = ('dygraph', *DEPLOYED, 'torch_hf_eager')
 REFERENCE = 'torch_hf_eager'
 IMAGE = os.path.join(os.path.dirname(ROOT), 'shared', 'reference', 'ILSVRC2012_val_00020010.JPEG')
@@ -136,10 +157,11 @@ def _paddle_predict(backend: str, spec: dict, x) -> Callable[[], object]:
         return run
     from deploy.layout import read_inference_cfg
     from deploy.predictors import build_predictor
-    runtime, precision, onednn = DEPLOYED[backend]
-    predictor = build_predictor(spec['model_dir'], read_inference_cfg(spec['model_dir']), backend=runtime,
-                                max_batch_size=len(x), enable_mkldnn=onednn, cpu_threads=spec['threads'],
-                                precision=precision)
+    row = DEPLOYED[backend]
+    model_dir = spec['model_dirs'][row.export]
+    predictor = build_predictor(model_dir, read_inference_cfg(model_dir), backend=row.runtime,
+                                max_batch_size=len(x), enable_mkldnn=row.onednn, cpu_threads=spec['threads'],
+                                precision=row.precision)
     return lambda: predictor(x)
 
 
@@ -247,12 +269,13 @@ def run_worker(mode: str, backend: str, spec: dict, batch_sizes: Sequence[int], 
 
 # ---- orchestration ----
 
-def _model_spec(model_name: str, threads: int, model_dir: str, image: str) -> dict:
-    """What every worker needs: the paddle model name, export folder and photo, and the arch for torch."""
+def _model_spec(model_name: str, threads: int, model_dirs: Dict[str, str], image: str) -> dict:
+    """What every worker needs: the paddle model name, export folders ({EXPORTS entry: path}) and photo, and
+    the arch for torch."""
     from models import create_model
     model = create_model(model_name)
     stages = [getattr(model, f'stage{i}') for i in range(model.num_stages)]
-    return dict(model=model_name, model_dir=model_dir, image=image, threads=threads, num_classes=model.num_classes,
+    return dict(model=model_name, model_dirs=model_dirs, image=image, threads=threads, num_classes=model.num_classes,
                 input_size=list(model.default_cfg['input_size']), depths=[len(s.blocks) for s in stages],
                 dims=[s.patch_embed.proj.weight.shape[0] for s in stages],
                 heads=[s.blocks[0].attn.num_heads for s in stages],
@@ -260,17 +283,27 @@ def _model_spec(model_name: str, threads: int, model_dir: str, image: str) -> di
                 drop_path_rates=[getattr(s.blocks[-1].drop_path, 'drop_prob', 0.0) for s in stages])
 
 
-def _export(spec: dict, with_onnx: bool, with_int8: bool) -> None:
+def _calibration_batches(spec: dict) -> List:
+    """The int8 calibration batches of every quantised row: random crops of the photo (random pixels without
+    one), one per batch."""
+    crops = _photo_batch(spec, CALIB_CROPS) if spec['image'] else _random_batch(spec, CALIB_CROPS)[0]
+    return list(crops[:, None])
+
+
+def _export(spec: dict, export: str, rows: Sequence[Deployed]) -> None:
+    """Write the EXPORTS folder `export` with what `rows` run from it: ONNX for an ONNX runtime, the int8
+    copies for an int8 row."""
     from datasets.transforms import resolve_data_cfg
     from models.layers import portable_attention
     from models.export_rewrites import rewrite_for_export
     from deploy.export import export_inference_model
     model = _paddle_model(spec, training=False)
-    crops = _photo_batch(spec, CALIB_CROPS) if spec['image'] else _random_batch(spec, CALIB_CROPS)[0]
-    calib = list(crops[:, None]) if with_int8 else None
+    calib = _calibration_batches(spec) if any(row.precision == 'int8' for row in rows) else None
     with portable_attention():  # as export_model.py: matmul/softmax in the graph on any device
-        export_inference_model(rewrite_for_export(model), spec['model_dir'], spec['model'],
-                               resolve_data_cfg(model.default_cfg), onnx=with_onnx, calib_batches=calib)
+        export_inference_model(rewrite_for_export(model), spec['model_dirs'][export], spec['model'],
+                               resolve_data_cfg(model.default_cfg), calib_batches=calib,
+                               onnx=any(row.runtime != 'paddle' for row in rows),
+                               program_format='pdmodel' if export == 'pdmodel' else None)
 
 
 def _has_module(python: str, *modules: str) -> bool:
@@ -299,9 +332,9 @@ def _available(args) -> List[tuple]:
     torch_python = args.torch_python or sys.executable
     plan = []
     for backend in args.backends:
-        runtime, precision, _ = DEPLOYED.get(backend, (None, None, None))
-        needs = (['paddle2onnx', runtime] if runtime in ('onnxruntime', 'openvino') else []) + \
-            (['nncf'] if precision == 'int8' else [])
+        row = DEPLOYED.get(backend)
+        needs = [] if row is None or row.runtime == 'paddle' else \
+            ['paddle2onnx', row.runtime] + (['nncf'] if row.precision == 'int8' else [])
         if needs and not _has_module(sys.executable, *needs):
             print(f'{backend}: skipped ({"/".join(needs)} not installed)')
         elif backend == REFERENCE and not _has_module(torch_python, 'torch', 'transformers'):
@@ -362,11 +395,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not image and args.mode == 'infer':
         print(f'{args.image}: not found; no accuracy columns (see --image)')
     with tempfile.TemporaryDirectory(prefix='cvt-bench-') as tmp:
-        spec = _model_spec(args.model, args.threads, os.path.join(tmp, 'export'), image)
-        exported = [DEPLOYED[backend] for backend, _ in plan if backend in DEPLOYED]
-        if exported:
-            _export(spec, with_onnx=any(runtime != 'paddle' for runtime, _, _ in exported),
-                    with_int8=any(precision == 'int8' for _, precision, _ in exported))
+        spec = _model_spec(args.model, args.threads, {export: os.path.join(tmp, export) for export in EXPORTS}, image)
+        rows = [DEPLOYED[backend] for backend, _ in plan if backend in DEPLOYED]
+        for export in EXPORTS:
+            if any(row.export == export for row in rows):
+                _export(spec, export, [row for row in rows if row.export == export])
         load_before = os.getloadavg()
         measured = {backend: _time_backend(python, backend, spec, args) for backend, python in plan}
         load_after = os.getloadavg()

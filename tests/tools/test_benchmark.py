@@ -1,5 +1,6 @@
-"""tools/benchmark.py: one-iteration dygraph runs on cvt_tiny in both modes, mode defaults, the table."""
+"""tools/benchmark.py: one-iteration runs on cvt_tiny in both modes, mode defaults, the tables, the exports a run writes."""
 import json
+import os
 
 import pytest
 
@@ -62,6 +63,14 @@ def test_accuracy_columns_compare_each_row_with_dygraph():
     assert table[2].split()[-2:] == ['3.0e-01', 'CHANGED'] and table[1].split()[-2:] == ['0.0e+00', 'same']
 
 
+def _photo(tmp_path):
+    from PIL import Image
+    import numpy as np
+    image = tmp_path / 'photo.png'
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (8, 8, 3), dtype=np.uint8)).resize((80, 70)).save(image)
+    return image
+
+
 def test_deployed_rows_and_refusals_on_cvt_tiny(tmp_path, capsys):
     """Every exported row runs (or is skipped with its reason) and gets an accuracy cost."""
     pytest.importorskip('openvino', reason='the OpenVINO rows need openvino')
@@ -70,13 +79,9 @@ def test_deployed_rows_and_refusals_on_cvt_tiny(tmp_path, capsys):
         import paddle2onnx  # noqa: F401  (OpenVINO reads the ONNX export)
     except (ImportError, ValueError) as err:  # paddle2onnx 2.x refuses Paddle 2.x at import
         pytest.skip(f'the OpenVINO rows need a working paddle2onnx: {str(err)[:80]}')
-    image = tmp_path / 'photo.png'
-    from PIL import Image
-    import numpy as np
-    Image.fromarray(np.random.RandomState(0).randint(0, 256, (8, 8, 3), dtype=np.uint8)).resize((80, 70)).save(image)
     out = tmp_path / 'bench.json'
     assert main(['--model', 'cvt_tiny', '--batch_sizes', '2', '--threads', '1', '--warmup', '0', '--iters', '1',
-                 '--image', str(image), '--backends', 'dygraph', 'openvino_bf16', 'openvino_int8',
+                 '--image', str(_photo(tmp_path)), '--backends', 'dygraph', 'openvino_bf16', 'openvino_int8',
                  '--output_json', str(out)]) == 0
     record = json.loads(out.read_text())
     timed = set(record['median_seconds'])
@@ -98,3 +103,41 @@ def test_torch_side_worker_runs_without_paddle():
     proc = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0  # an empty spec, or no torch here: the worker itself fails, after start-up
     assert 'import of paddle halted' not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_paddle_inference_bf16_and_int8_rows_on_cvt_tiny(tmp_path, capsys):
+    """Paddle Inference's reduced precisions run from the legacy-program export (int8: its PTQ copy)."""
+    from deploy.predictors import missing_bf16_flags
+    out = tmp_path / 'bench.json'
+    assert main(['--model', 'cvt_tiny', '--batch_sizes', '2', '--threads', '1', '--warmup', '0', '--iters', '1',
+                 '--image', str(_photo(tmp_path)), '--backends', 'dygraph', 'paddle_inference_bf16',
+                 'paddle_inference_int8', '--output_json', str(out)]) == 0
+    record = json.loads(out.read_text())
+    accuracy = record['accuracy_vs_dygraph']
+    assert 0 < accuracy['paddle_inference_int8']['max_abs_prob_diff'] < 0.1
+    import paddle
+    if missing_bf16_flags(cpu_summary()) or not paddle.base.core.supports_bfloat16():  # refused, in one line
+        assert record['skipped'] == ['paddle_inference_bf16']
+        assert 'paddle_inference_bf16: skipped (--precision bf16 is not offered' in capsys.readouterr().out
+    else:
+        assert 0 < accuracy['paddle_inference_bf16']['max_abs_prob_diff'] < 0.1
+
+
+def test_each_export_is_written_only_for_the_rows_asked(monkeypatch):
+    """bf16/int8 Paddle Inference rows get the legacy program (PTQ'd only for int8); ONNX only for its rows."""
+    import deploy.export
+    import tools.benchmark as benchmark
+    exports = {}
+
+    def export_inference_model(model, output_dir, model_name, data_cfg, **options):
+        exports[os.path.basename(output_dir)] = dict(options, calib_batches=len(options['calib_batches'] or []))
+    monkeypatch.setattr(deploy.export, 'export_inference_model', export_inference_model)
+    monkeypatch.setattr(benchmark, '_time_backend', lambda *args: {'seconds': {1: 1.0}, 'probs': None})
+    monkeypatch.setattr(benchmark, '_has_module', lambda python, *modules: True)
+    run = ['--model', 'cvt_tiny', '--batch_sizes', '1', '--image', 'none.png', '--backends']
+    assert main(run + ['paddle_inference_bf16']) == 0
+    assert exports == {'pdmodel': dict(onnx=False, calib_batches=0, program_format='pdmodel')}
+    exports.clear()
+    assert main(run + ['paddle_inference', 'paddle_inference_int8', 'onnxruntime']) == 0
+    assert exports == {'export': dict(onnx=True, calib_batches=0, program_format=None),
+                       'pdmodel': dict(onnx=False, calib_batches=benchmark.CALIB_CROPS, program_format='pdmodel')}
