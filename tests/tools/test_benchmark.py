@@ -1,4 +1,4 @@
-"""tools/benchmark.py: one-iteration runs on cvt_tiny in both modes, the tables, the exports a run writes, torch's rows."""
+"""tools/benchmark.py: one-iteration runs on cvt_tiny, the tables, the exports a run writes, torch's rows."""
 import json
 import os
 
