@@ -4,9 +4,14 @@
     python tools/benchmark.py --mode train --torch_python /tmp/torchref/bin/python
 
 --mode infer (default): batch-1 latency and large-batch images/s for dygraph, Paddle Inference (oneDNN
-off/on), ONNX Runtime (fp32, int8), OpenVINO (fp32, bf16, int8) and torch, plus each row's accuracy
-cost on a real photo: max |probability difference| and top-1 against dygraph fp32. --mode train: images/s of one optimizer step (forward, cross-entropy,
-backward, AdamW step, clear grad) for dygraph and torch, both in train mode (drop path on).
+off/on, and with oneDNN bf16 and int8 on the legacy-program export, export_model.py --format pdmodel),
+ONNX Runtime (fp32, int8), OpenVINO (fp32, bf16, int8) and torch, plus each row's accuracy cost on a real
+photo: max |probability difference| and top-1 against dygraph fp32. Torch's rows are HF's CvT eager and,
+as a PyTorch user deploys it, exported by torch.onnx.export (the installed torch's default exporter, in the
+--torch_python environment), quantised by our int8 recipe and run by our predictors in each ONNX runtime
+and precision; a second table gives ours / theirs images/s for each such pair. --mode train: images/s of
+one optimizer step (forward, cross-entropy, backward, AdamW step, clear grad) for dygraph and torch, both
+in train mode (drop path on).
 
 Random weights (speed does not depend on them), fixed batches of random pixels, warm-up runs, then
 the median of timed runs. Each backend runs in its own process with OMP_NUM_THREADS set to --threads,
@@ -15,6 +20,7 @@ sets for bf16 and fast int8 (AVX-512 VNNI/BF16, AVX-VNNI, AMX) its /proc/cpuinfo
 the reduced-precision rows.
 """
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -22,18 +28,45 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python tools/benchmark.py`
 
-# exported rows: (infer.py --backend, --precision, oneDNN for the paddle backend)
-DEPLOYED = {'paddle_inference': ('paddle', 'fp32', False), 'paddle_inference_onednn': ('paddle', 'fp32', True),
-            'onnxruntime': ('onnxruntime', 'fp32', False), 'onnxruntime_int8': ('onnxruntime', 'int8', False),
-            'openvino': ('openvino', 'fp32', False), 'openvino_bf16': ('openvino', 'bf16', False),
-            'openvino_int8': ('openvino', 'int8', False)}
-BACKENDS = ('dygraph', *DEPLOYED, 'torch_hf_eager')
+
+class Deployed(NamedTuple):
+    """An exported row: what infer.py runs (--backend, --precision, oneDNN for the paddle backend) on which
+    of EXPORTS."""
+    runtime: str
+    precision: str
+    onednn: bool
+    export: str
+
+
+# The export folders a run writes (each only when an asked row runs it): ours in the installed Paddle's own
+# format (with model.onnx and its int8 copies), and ours as the legacy program (Paddle Inference's oneDNN bf16
+# and int8 run only that; int8 on its copy quantised by Paddle's PTQ); then theirs, torch.onnx.export's
+EXPORTS = ('export', 'pdmodel')
+TORCH_EXPORT = 'torch_export'
+DEPLOYED = {'paddle_inference': Deployed('paddle', 'fp32', False, 'export'),
+            'paddle_inference_onednn': Deployed('paddle', 'fp32', True, 'export'),
+            'paddle_inference_bf16': Deployed('paddle', 'bf16', True, 'pdmodel'),
+            'paddle_inference_int8': Deployed('paddle', 'int8', True, 'pdmodel'),
+            'onnxruntime': Deployed('onnxruntime', 'fp32', False, 'export'),
+            'onnxruntime_int8': Deployed('onnxruntime', 'int8', False, 'export'),
+            'openvino': Deployed('openvino', 'fp32', False, 'export'),
+            'openvino_bf16': Deployed('openvino', 'bf16', False, 'export'),
+            'openvino_int8': Deployed('openvino', 'int8', False, 'export')}
 REFERENCE = 'torch_hf_eager'
+# The PyTorch user's deployment in each ONNX runtime and precision, {their row: our row it is compared with}
+TORCH_EXPORT_PAIRS = {f'torch_onnx_{ours}': ours
+                      for ours in ('onnxruntime', 'onnxruntime_int8', 'openvino', 'openvino_bf16', 'openvino_int8')}
+BACKENDS = ('dygraph', *DEPLOYED, REFERENCE, *TORCH_EXPORT_PAIRS)
+DEPLOYED.update({theirs: DEPLOYED[ours]._replace(export=TORCH_EXPORT) for theirs, ours in TORCH_EXPORT_PAIRS.items()})
+# What build_predictor reads of an export's inference.yml for an ONNX runtime, for their folder, which has none:
+# the batch size the graph takes (any: the exported batch axis is dynamic)
+TORCH_EXPORT_CFG = {'batch_size': -1}
+TORCH_INPUT_NAME = 'pixel_values'  # HF's name for the image batch, the exported graph's input
 IMAGE = os.path.join(os.path.dirname(ROOT), 'shared', 'reference', 'ILSVRC2012_val_00020010.JPEG')
 CALIB_CROPS = 8  # int8 speed does not depend on the calibration images; the accuracy column does a little
 MODES = ('infer', 'train')
@@ -63,12 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--image', default=IMAGE, metavar='FILE',
                         help='real photo for the accuracy columns (and, as random crops, int8 calibration)')
     parser.add_argument('--torch_python', metavar='PYTHON',
-                        help='python of an environment with torch + transformers, for the reference row; '
-                             'None: this python')
+                        help=f'python of an environment with torch + transformers (+ onnxscript for the dynamo '
+                             f'exporter), for the torch rows ({REFERENCE}, and the export of the torch_onnx_* '
+                             f'rows); None: this python')
     parser.add_argument('--output_json', metavar='FILE', help='also write the measurements here')
     parser.add_argument('--debug', action='store_true', help='full traceback on errors')
     parser.add_argument('--worker', choices=BACKENDS, help=argparse.SUPPRESS)  # internal: time one backend
     parser.add_argument('--worker_args', help=argparse.SUPPRESS)
+    parser.add_argument('--torch_export', help=argparse.SUPPRESS)  # internal: torch.onnx.export to this file
     return parser
 
 
@@ -136,17 +171,18 @@ def _paddle_predict(backend: str, spec: dict, x) -> Callable[[], object]:
         return run
     from deploy.layout import read_inference_cfg
     from deploy.predictors import build_predictor
-    runtime, precision, onednn = DEPLOYED[backend]
-    predictor = build_predictor(spec['model_dir'], read_inference_cfg(spec['model_dir']), backend=runtime,
-                                max_batch_size=len(x), enable_mkldnn=onednn, cpu_threads=spec['threads'],
-                                precision=precision)
+    row = DEPLOYED[backend]
+    model_dir = spec['model_dirs'][row.export]
+    cfg = TORCH_EXPORT_CFG if row.export == TORCH_EXPORT else read_inference_cfg(model_dir)
+    predictor = build_predictor(model_dir, cfg, backend=row.runtime, max_batch_size=len(x), enable_mkldnn=row.onednn,
+                                cpu_threads=spec['threads'], precision=row.precision)
     return lambda: predictor(x)
 
 
 def _image_probs(backend: str, spec: dict) -> Optional[List[float]]:
-    """Probabilities on the real photo (eval preprocessing), for the accuracy columns; None for torch,
+    """Probabilities on the real photo (eval preprocessing), for the accuracy columns; None for torch's rows,
     whose random weights are not ours."""
-    if backend == REFERENCE or not spec['image']:
+    if backend == REFERENCE or backend in TORCH_EXPORT_PAIRS or not spec['image']:
         return None
     from deploy.predictors import softmax
     return softmax(_paddle_predict(backend, spec, _photo_batch(spec))()).reshape(-1).tolist()
@@ -230,6 +266,26 @@ def _torch_train_step(spec: dict, batch_size: int) -> Callable[[], float]:
     return step
 
 
+def export_torch_onnx(spec: dict, onnx_file: str) -> dict:
+    """HF's CvT (the torch_hf_eager row's model) exported as a PyTorch user does: torch.onnx.export with the
+    installed torch's default exporter, the batch axis dynamic, into `onnx_file` (its weights beside it when
+    the exporter writes them apart). Returns which exporter ran, and the versions."""
+    import inspect
+    import torch
+    import transformers
+    model = _torch_model(spec, training=False)
+    example = torch.from_numpy(_random_batch(spec, 2)[0])  # not 1: an exporter may fix a batch axis of size 1
+    dynamo = getattr(inspect.signature(torch.onnx.export).parameters.get('dynamo'), 'default', False) is True
+    # The batch axis as each exporter's documentation declares it (dynamo warns on dynamic_axes)
+    batch_axis = {TORCH_INPUT_NAME: {0: 'batch'}}
+    dynamic = dict(dynamic_shapes=batch_axis) if dynamo else dict(dynamic_axes={**batch_axis, 'logits': {0: 'batch'}})
+    os.makedirs(os.path.dirname(onnx_file), exist_ok=True)
+    torch.onnx.export(model, (example,), onnx_file, input_names=[TORCH_INPUT_NAME], output_names=['logits'],
+                      **dynamic)
+    return dict(exporter='dynamo' if dynamo else 'torchscript', torch_version=torch.__version__,
+                transformers_version=transformers.__version__)
+
+
 def build_runner(mode: str, backend: str, spec: dict, batch_size: int) -> Callable[[], object]:
     """What one timed run calls: an inference forward, or one training step."""
     if mode == 'train':
@@ -247,12 +303,13 @@ def run_worker(mode: str, backend: str, spec: dict, batch_sizes: Sequence[int], 
 
 # ---- orchestration ----
 
-def _model_spec(model_name: str, threads: int, model_dir: str, image: str) -> dict:
-    """What every worker needs: the paddle model name, export folder and photo, and the arch for torch."""
+def _model_spec(model_name: str, threads: int, model_dirs: Dict[str, str], image: str) -> dict:
+    """What every worker needs: the paddle model name, export folders ({EXPORTS entry: path}) and photo, and
+    the arch for torch."""
     from models import create_model
     model = create_model(model_name)
     stages = [getattr(model, f'stage{i}') for i in range(model.num_stages)]
-    return dict(model=model_name, model_dir=model_dir, image=image, threads=threads, num_classes=model.num_classes,
+    return dict(model=model_name, model_dirs=model_dirs, image=image, threads=threads, num_classes=model.num_classes,
                 input_size=list(model.default_cfg['input_size']), depths=[len(s.blocks) for s in stages],
                 dims=[s.patch_embed.proj.weight.shape[0] for s in stages],
                 heads=[s.blocks[0].attn.num_heads for s in stages],
@@ -260,52 +317,90 @@ def _model_spec(model_name: str, threads: int, model_dir: str, image: str) -> di
                 drop_path_rates=[getattr(s.blocks[-1].drop_path, 'drop_prob', 0.0) for s in stages])
 
 
-def _export(spec: dict, with_onnx: bool, with_int8: bool) -> None:
+def _calibration_batches(spec: dict) -> List:
+    """The int8 calibration batches of every quantised row: random crops of the photo (random pixels without
+    one), one per batch."""
+    crops = _photo_batch(spec, CALIB_CROPS) if spec['image'] else _random_batch(spec, CALIB_CROPS)[0]
+    return list(crops[:, None])
+
+
+def _export(spec: dict, export: str, rows: Sequence[Deployed]) -> None:
+    """Write the EXPORTS folder `export` with what `rows` run from it: ONNX for an ONNX runtime, the int8
+    copies for an int8 row."""
     from datasets.transforms import resolve_data_cfg
     from models.layers import portable_attention
     from models.export_rewrites import rewrite_for_export
     from deploy.export import export_inference_model
     model = _paddle_model(spec, training=False)
-    crops = _photo_batch(spec, CALIB_CROPS) if spec['image'] else _random_batch(spec, CALIB_CROPS)[0]
-    calib = list(crops[:, None]) if with_int8 else None
+    calib = _calibration_batches(spec) if any(row.precision == 'int8' for row in rows) else None
     with portable_attention():  # as export_model.py: matmul/softmax in the graph on any device
-        export_inference_model(rewrite_for_export(model), spec['model_dir'], spec['model'],
-                               resolve_data_cfg(model.default_cfg), onnx=with_onnx, calib_batches=calib)
+        export_inference_model(rewrite_for_export(model), spec['model_dirs'][export], spec['model'],
+                               resolve_data_cfg(model.default_cfg), calib_batches=calib,
+                               onnx=any(row.runtime != 'paddle' for row in rows),
+                               program_format='pdmodel' if export == 'pdmodel' else None)
 
 
+def _export_torch(python: str, spec: dict, rows: Sequence[Deployed], threads: int) -> dict:
+    """Their export into spec's TORCH_EXPORT folder: torch.onnx.export under `python`, then, for an int8 row,
+    quantised here by our recipe on our calibration batches. Returns export_torch_onnx's record; a failed
+    export raises ValueError with the torch side's one-line reason."""
+    from deploy.layout import ONNX_FILE
+    from deploy.quantize import quantize_onnx
+    folder = spec['model_dirs'][TORCH_EXPORT]
+    onnx_file = os.path.join(folder, ONNX_FILE)
+    record, reason = _run_script(python, ['--torch_export', onnx_file, '--worker_args', json.dumps(spec)], threads)
+    if record is None:
+        raise ValueError(f'torch.onnx.export failed: {reason}')
+    if any(row.precision == 'int8' for row in rows):
+        quantize_onnx(onnx_file, folder, _calibration_batches(spec))
+    return record
+
+
+@functools.lru_cache(maxsize=None)  # asked once per row, and a torch import takes seconds
 def _has_module(python: str, *modules: str) -> bool:
     probe = '; '.join(f'import {m}' for m in modules)
-    return subprocess.run([python, '-c', probe], capture_output=True).returncode == 0
+    try:
+        return subprocess.run([python, '-c', probe], capture_output=True).returncode == 0
+    except OSError:  # no such python, or not executable
+        return False
+
+
+def _run_script(python: str, script_args: Sequence[str], threads: int) -> tuple:
+    """This script run by `python` with `threads` CPU threads: (its closing JSON line, None), or (None, its
+    one-line reason) when it failed."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run([python, os.path.abspath(__file__), *script_args], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None, (proc.stderr.strip().splitlines() or ['no output'])[-1].removeprefix('error: ')  # run_main's
+    return json.loads(proc.stdout.strip().splitlines()[-1]), None
 
 
 def _time_backend(python: str, backend: str, spec: dict, args) -> Optional[dict]:
     """The worker's result, or None (reported as skipped, with the worker's one-line reason) when it
     refused, e.g. a precision this CPU lacks."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    cmd = [python, os.path.abspath(__file__), '--mode', args.mode, '--worker', backend,
-           '--worker_args', json.dumps(spec), '--batch_sizes', *map(str, args.batch_sizes),
-           '--warmup', str(args.warmup), '--iters', str(args.iters)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ['no output'])[-1].removeprefix('error: ')  # run_main's
-        print(f'{backend}: skipped ({last})')
+    result, reason = _run_script(python, ['--mode', args.mode, '--worker', backend, '--worker_args', json.dumps(spec),
+                                          '--batch_sizes', *map(str, args.batch_sizes), '--warmup', str(args.warmup),
+                                          '--iters', str(args.iters)], args.threads)
+    if result is None:
+        print(f'{backend}: skipped ({reason})')
         return None
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     return {'seconds': {int(k): v for k, v in result['seconds'].items()}, 'probs': result['probs']}
 
 
-def _available(args) -> List[tuple]:
+def _available(args, torch_python: str) -> List[tuple]:
     """(backend, python) pairs that can run here; the rest are reported as skipped."""
-    torch_python = args.torch_python or sys.executable
     plan = []
     for backend in args.backends:
-        runtime, precision, _ = DEPLOYED.get(backend, (None, None, None))
-        needs = (['paddle2onnx', runtime] if runtime in ('onnxruntime', 'openvino') else []) + \
-            (['nncf'] if precision == 'int8' else [])
+        row = DEPLOYED.get(backend)
+        needs = [] if row is None or row.runtime == 'paddle' else \
+            (['paddle2onnx'] if row.export != TORCH_EXPORT else []) + [row.runtime] + \
+            (['nncf'] if row.precision == 'int8' else [])
+        on_torch = backend == REFERENCE or backend in TORCH_EXPORT_PAIRS
         if needs and not _has_module(sys.executable, *needs):
             print(f'{backend}: skipped ({"/".join(needs)} not installed)')
-        elif backend == REFERENCE and not _has_module(torch_python, 'torch', 'transformers'):
-            print(f'{REFERENCE}: skipped ({torch_python} cannot import torch and transformers; see --torch_python)')
+        elif on_torch and not _has_module(torch_python, 'torch', 'transformers'):
+            print(f'{backend}: skipped ({torch_python} cannot import torch and transformers; see --torch_python)')
         else:
             plan.append((backend, torch_python if backend == REFERENCE else sys.executable))
     return plan
@@ -345,7 +440,25 @@ def format_table(results: Dict[str, Dict[int, float]], batch_sizes: Sequence[int
             diff, same = accuracy.get(backend, (None, None))
             row += ['-', '-'] if diff is None else [f'{diff:.1e}', 'same' if same else 'CHANGED']
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return _aligned(rows)
+
+
+def vs_torch_export(results: Dict[str, Dict[int, float]]) -> Dict[str, Dict[int, float]]:
+    """{our row: {batch size: ours / theirs images/s}} for each pair of TORCH_EXPORT_PAIRS timed on both sides
+    (>1: ours faster)."""
+    return {ours: {b: results[theirs][b] / seconds for b, seconds in results[ours].items() if b in results[theirs]}
+            for theirs, ours in TORCH_EXPORT_PAIRS.items() if ours in results and theirs in results}
+
+
+def format_vs_torch_export(ratios: Dict[str, Dict[int, float]], batch_sizes: Sequence[int]) -> str:
+    """The ratio table: a row per runtime and precision, ours / theirs images/s per batch size."""
+    return _aligned([['ours / torch.onnx.export'] + [f'b{b}' for b in batch_sizes]] +
+                    [[ours] + [f'{ratio[b]:.2f}x' for b in batch_sizes] for ours, ratio in ratios.items()])
+
+
+def _aligned(rows: List[List[str]]) -> str:
+    """Rows of cells as text columns: the first left-aligned, the rest right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return '\n'.join('  '.join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
                                enumerate(zip(row, widths))) for row in rows)
 
@@ -356,19 +469,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         spec = json.loads(args.worker_args)
         print(json.dumps(run_worker(args.mode, args.worker, spec, args.batch_sizes, args.warmup, args.iters)))
         return 0
+    if args.torch_export:
+        print(json.dumps(export_torch_onnx(json.loads(args.worker_args), args.torch_export)))
+        return 0
     import utils.env  # noqa: F401  (here, not above: the torch-side workers of this script run without paddle)
-    plan = _available(args)
+    torch_python = args.torch_python or sys.executable
+    plan = _available(args, torch_python)
     image = args.image if os.path.isfile(args.image) else None
     if not image and args.mode == 'infer':
         print(f'{args.image}: not found; no accuracy columns (see --image)')
     with tempfile.TemporaryDirectory(prefix='cvt-bench-') as tmp:
-        spec = _model_spec(args.model, args.threads, os.path.join(tmp, 'export'), image)
-        exported = [DEPLOYED[backend] for backend, _ in plan if backend in DEPLOYED]
-        if exported:
-            _export(spec, with_onnx=any(runtime != 'paddle' for runtime, _, _ in exported),
-                    with_int8=any(precision == 'int8' for _, precision, _ in exported))
+        folders = {name: os.path.join(tmp, name) for name in (*EXPORTS, TORCH_EXPORT)}
+        spec = _model_spec(args.model, args.threads, folders, image)
+        rows = [DEPLOYED[backend] for backend, _ in plan if backend in DEPLOYED]
+        for export in EXPORTS:
+            if any(row.export == export for row in rows):
+                _export(spec, export, [row for row in rows if row.export == export])
+        theirs, torch_export = [backend for backend, _ in plan if backend in TORCH_EXPORT_PAIRS], None
+        if theirs:
+            try:
+                torch_export = _export_torch(torch_python, spec, [DEPLOYED[b] for b in theirs], args.threads)
+            except ValueError as e:  # their rows are skipped, with the reason; ours run
+                print('\n'.join(f'{backend}: skipped ({e})' for backend in theirs))
         load_before = os.getloadavg()
-        measured = {backend: _time_backend(python, backend, spec, args) for backend, python in plan}
+        measured = {backend: None if backend in theirs and not torch_export else
+                    _time_backend(python, backend, spec, args) for backend, python in plan}
         load_after = os.getloadavg()
     from utils.env import cpu_summary, format_cpu_summary
     cpu = cpu_summary()
@@ -380,13 +505,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f'({os.cpu_count()} CPUs)')
     print(format_cpu_summary(cpu))
     print(format_table(results, args.batch_sizes, args.mode, accuracy))
+    ratios = vs_torch_export(results)
+    if ratios:
+        print(f"\nOurs / the PyTorch user's export (torch.onnx.export, {torch_export['exporter']} exporter, torch "
+              f"{torch_export['torch_version']}), images/s in the same runtime and precision (>1: ours faster)")
+        print(format_vs_torch_export(ratios, args.batch_sizes))
     record = dict(model=args.model, mode=args.mode, threads=args.threads, warmup=args.warmup, iters=args.iters,
                   load_average=[load_before[0], load_after[0]], cpu=cpu, image=image,
                   skipped=[k for k, v in measured.items() if v is None],
                   accuracy_vs_dygraph={k: {'max_abs_prob_diff': d, 'top1_unchanged': same}
                                        for k, (d, same) in accuracy.items()},
                   median_seconds={k: {str(b): v for b, v in t.items()} for k, t in results.items()},
-                  images_per_second={k: {str(b): b / v for b, v in t.items()} for k, t in results.items()})
+                  images_per_second={k: {str(b): b / v for b, v in t.items()} for k, t in results.items()},
+                  torch_export=torch_export,
+                  vs_torch_export={k: {str(b): r for b, r in t.items()} for k, t in ratios.items()})
     from utils.entrypoint import report  # paddle-free, as run_main below
     report(record, args.output_json)
     return 0
