@@ -40,6 +40,18 @@ def _torch_default_conv_init(conv: nn.Conv2D):
         nn.initializer.Uniform(-bound, bound)(conv.bias)
 
 
+def map_to_tokens(x):
+    """(B, C, H, W) -> (B, H*W, C). Transposed to channels-last first, then merged: a runtime that computes
+    the conv channels-last (OpenVINO, oneDNN) drops that transpose, where flatten-then-transpose costs it a
+    layout change back and forth."""
+    return x.transpose([0, 2, 3, 1]).flatten(1, 2)
+
+
+def tokens_to_map(x, h: int, w: int):
+    """(B, H*W, C) -> (B, C, H, W), the inverse of map_to_tokens (split to channels-last, then transposed)."""
+    return x.reshape([0, h, w, x.shape[-1]]).transpose([0, 3, 1, 2])
+
+
 class QuickGELU(nn.Layer):
     """x * sigmoid(1.702 x): the MLP activation of the official CvT (not exact GELU)."""
 
@@ -69,7 +81,7 @@ class ConvProjection(nn.Layer):
         self.bn = nn.BatchNorm2D(dim)
 
     def forward(self, x):
-        return self.bn(self.conv(x)).flatten(2).transpose([0, 2, 1])  # (B, H'*W', C)
+        return map_to_tokens(self.bn(self.conv(x)))  # (B, H'*W', C)
 
 
 class Attention(nn.Layer):
@@ -128,7 +140,7 @@ class Attention(nn.Layer):
     def forward(self, x, h: int, w: int):
         if self.with_cls_token:
             cls_token, x = paddle.split(x, [1, -1], axis=1)  # one op: its gradient is a concat, not two pads
-        x = x.transpose([0, 2, 1]).reshape([0, 0, h, w])  # (B, C, H, W)
+        x = tokens_to_map(x, h, w)  # (B, C, H, W)
         q, k, v = self.conv_proj_q(x), self.conv_proj_k(x), self.conv_proj_v(x)
         if self.with_cls_token:  # the cls token bypasses the convolutional projection
             q = paddle.concat([cls_token, q], axis=1)
@@ -172,7 +184,7 @@ class ConvEmbed(nn.Layer):
     def forward(self, x):
         x = self.proj(x)
         h, w = x.shape[2], x.shape[3]
-        return self.norm(x.flatten(2).transpose([0, 2, 1])), h, w  # (B, H*W, C)
+        return self.norm(map_to_tokens(x)), h, w  # (B, H*W, C)
 
 
 def _recompute(block: nn.Layer, x, h: int, w: int):
@@ -239,8 +251,7 @@ class Stage(nn.Layer):
             x = _recompute(block, x, h, w) if checkpoint else block(x, h, w)
         if self.cls_token is not None:
             cls_token, x = paddle.split(x, [1, -1], axis=1)
-        x = x.transpose([0, 2, 1]).reshape([0, 0, h, w])  # (B, C, H, W)
-        return x, cls_token
+        return tokens_to_map(x, h, w), cls_token  # (B, C, H, W)
 
 
 class ConvolutionalVisionTransformer(nn.Layer):
@@ -303,7 +314,7 @@ class ConvolutionalVisionTransformer(nn.Layer):
     def _pool(self, x, cls_token):
         if self.use_cls_token:
             return self.norm(cls_token).squeeze(1)  # (B, C); squeeze(1) keeps batch size 1 intact
-        return self.norm(x.flatten(2).transpose([0, 2, 1])).mean(axis=1)
+        return self.norm(map_to_tokens(x)).mean(axis=1)
 
     def forward_head(self, x, pre_logits: bool = False):
         """Logits from `forward_features`' output; with `pre_logits` that output itself, as timm has it."""
