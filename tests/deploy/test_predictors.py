@@ -172,3 +172,21 @@ def test_int8_export_flag_errors(flags, expected, exported, tmp_path, capsys):
                                                    str(tmp_path / 'x'), *flags])
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize('capabilities, hint', [(['FP32', 'BF16', 'INT8'], 'bf16'), (['FP32', 'INT8'], 'f32')])
+def test_openvino_int8_runs_its_unquantised_ops_in_bf16_where_the_cpu_has_it(capabilities, hint, exported,
+                                                                             monkeypatch):
+    """The int8 graph's fp32 remainder (softmax, LayerNorm, residual adds) takes the bf16 hint where OpenVINO
+    reports bf16 math, f32 elsewhere; fp32 stays f32 either way."""
+    _, out = exported
+    compiled = []
+    compile_model = openvino.Core.compile_model
+    monkeypatch.setattr(predictors, 'openvino_cpu_capabilities', lambda core: capabilities)
+    monkeypatch.setattr(openvino.Core, 'compile_model',
+                        lambda self, model, device, config: compiled.append(config) or compile_model(
+                            self, model, device, config))
+    cfg = read_inference_cfg(str(out))
+    for precision in ('int8', 'fp32'):
+        build_predictor(str(out), cfg, backend='openvino', precision=precision)
+    assert [c['INFERENCE_PRECISION_HINT'] for c in compiled] == [hint, 'f32']
