@@ -238,3 +238,32 @@ def test_torch_export_worker_matches_torch_eager_in_onnxruntime(tmp_path):
         exported = session.run(None, {TORCH_INPUT_NAME: _random_batch(spec, n)[0]})[0]
         assert exported.shape == (n, spec['num_classes'])
         np.testing.assert_allclose(exported, np.asarray(logits[str(n)]), atol=1e-4, rtol=0)
+
+
+def test_rounds_interleave_the_rows_and_keep_each_rows_fastest_round(tmp_path, monkeypatch, capsys):
+    """--rounds 3: every row is timed once per round, round after round (not three times in a row), and keeps
+    its fewest seconds per batch size; a row that fails is not asked again."""
+    import tools.benchmark as benchmark
+    calls = []
+    slow_spell = {('onnxruntime', 0): 3.0, ('openvino', 1): 5.0}  # a busy machine in one round for each
+
+    def time_backend(python, backend, spec, args):
+        calls.append(backend)
+        if backend == 'openvino_bf16':
+            return None
+        round_index = calls.count(backend) - 1
+        factor = slow_spell.get((backend, round_index), 1.0 + 0.1 * round_index)
+        return dict(seconds={b: factor * b for b in args.batch_sizes}, probs=None)
+
+    monkeypatch.setattr(benchmark, '_has_module', lambda python, *modules: True)
+    monkeypatch.setattr(benchmark, '_export', lambda spec, export, rows: None)
+    monkeypatch.setattr(benchmark, '_time_backend', time_backend)
+    out = tmp_path / 'bench.json'
+    assert main(['--model', 'cvt_tiny', '--batch_sizes', '1', '2', '--image', 'none.png', '--rounds', '3',
+                 '--backends', 'onnxruntime', 'openvino', 'openvino_bf16', '--output_json', str(out)]) == 0
+    assert calls == ['onnxruntime', 'openvino', 'openvino_bf16', 'onnxruntime', 'openvino', 'onnxruntime', 'openvino']
+    record = json.loads(out.read_text())
+    assert record['median_seconds'] == {'onnxruntime': {'1': 1.1, '2': 2.2}, 'openvino': {'1': 1.0, '2': 2.0}}
+    assert record['rounds'] == 3 and record['skipped'] == ['openvino_bf16']
+    with pytest.raises(ValueError, match='--rounds must be >= 1, got 0'):
+        resolve_mode_defaults(build_parser().parse_args(['--rounds', '0']))
