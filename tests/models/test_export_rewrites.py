@@ -2,10 +2,12 @@
 Linears, the attention scale in the q projections; same outputs, training model untouched."""
 import numpy as np
 import paddle
+import pytest
 
 from models import create_model
 from models.cvt import QuickGELU
 from models.export_rewrites import rewrite_for_export
+from tests.scripts import onnx_export_available
 
 
 def _model_with_trained_bn_statistics():
@@ -47,6 +49,8 @@ def test_rewritten_copy_has_no_batchnorm_nor_quick_gelu_and_the_same_outputs():
                                    rtol=1e-6)
 
 
+@pytest.mark.skipif(not onnx_export_available(), reason='needs paddle2onnx (Paddle 3), onnx-graphsurgeon and '
+                                                           'onnxruntime')
 def test_exported_graph_has_no_multiply_on_q(tmp_path):
     """The folded scale leaves no Mul on the attention's q in model.onnx (paddle2onnx writes `q * scale` as a
     Mul and an Add of 0): the MLP's swish is the only Mul left, one per block."""
