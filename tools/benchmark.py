@@ -505,7 +505,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except ValueError as e:  # their rows are skipped, with the reason; ours run
                 print('\n'.join(f'{backend}: skipped ({e})' for backend in theirs))
         load_before = os.getloadavg()
-        measured = {backend: None for backend in theirs if not torch_export}
+        measured = {backend: None for backend in theirs if not torch_export}  # said skipped above
         for _ in range(args.rounds):
             for backend, python in plan:
                 if backend not in measured or measured[backend]:  # a row that failed is not asked again
