@@ -22,7 +22,6 @@ from deploy.layout import PROGRAM_FORMATS
 from deploy.quantize import check_int8_export_available, spread_evenly
 from models.cvt import CvTFeatures
 from models.export_rewrites import rewrite_for_export
-from models.layers import portable_attention
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,8 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         transform = build_transform(is_train=False, **data_cfg)
         calib_batches = [preprocess([path], transform)
                          for path in spread_evenly(find_images([args.calib_images]), args.calib_count)]
-    with portable_attention():  # matmul/softmax in the graph, whatever device traces it
-        files = export_inference_model(rewrite_for_export(model), args.output, name, data_cfg,
+    files = export_inference_model(rewrite_for_export(model), args.output, name, data_cfg,
                                        batch_size=args.batch_size, with_softmax=args.with_softmax,
                                        label_names=label_names, class_names=class_names, onnx=args.onnx,
                                        calib_batches=calib_batches,

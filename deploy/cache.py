@@ -18,7 +18,6 @@ import paddle
 
 from models import cvt, export_rewrites, layers
 from models.export_rewrites import rewrite_for_export
-from models.layers import portable_attention
 from utils.download import default_cache_dir
 from utils.fileio import StorageError, storage_errors, sync_folder
 from utils.logger import get_logger
@@ -110,8 +109,7 @@ def _build_entry(model, build: str, folder: str, *, model_name: str, data_cfg: d
     """Export into the private folder `build`, sync it and rename it to `folder` (unless another process did)."""
     os.makedirs(os.path.dirname(build), exist_ok=True)
     shutil.rmtree(build, ignore_errors=True)  # left by a killed export of this pid, never another's
-    with portable_attention():
-        export_inference_model(rewrite_for_export(model), build, model_name, data_cfg, onnx=onnx)
+    export_inference_model(rewrite_for_export(model), build, model_name, data_cfg, onnx=onnx)
     with open(os.path.join(build, SOURCE_FILE), 'w', encoding='utf-8') as f:
         json.dump(source, f, indent=2)
     sync_folder(build)

@@ -10,6 +10,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from models.layers import portable_attention
 from utils.env import dropped_output_lines
 from utils.fileio import storage_errors, sync_folder
 
@@ -178,13 +179,15 @@ class InferenceModel(paddle.nn.Layer):
 
 def _save_static(model, folder: str, input_size: Sequence[int], batch_size: int, with_softmax: bool,
                  program_format: str) -> None:
-    """Trace and save the deployed graph: the whole of it happens here (one place to wrap in a context)."""
+    """Trace and save the deployed graph: the whole of it happens here (one place to wrap in a context), with
+    attention traced as explicit matmul/softmax ops whatever device traces it (models.layers.portable_attention)."""
     layer = InferenceModel(model, with_softmax)
     layer.eval()
     shape = [None if batch_size == -1 else batch_size] + [int(s) for s in input_size]
     spec = [paddle.static.InputSpec(shape=shape, dtype='float32', name=INPUT_NAME)]
     legacy = program_format != native_program_format()  # checked: only pdmodel on a PIR Paddle gets here
-    with dropped_output_lines(STATIC_EXPORT_NOISE), (_legacy_program() if legacy else contextlib.nullcontext()):
+    with dropped_output_lines(STATIC_EXPORT_NOISE), portable_attention(), \
+            (_legacy_program() if legacy else contextlib.nullcontext()):
         static = paddle.jit.to_static(layer, input_spec=spec, full_graph=True)
         paddle.jit.save(static, os.path.join(folder, MODEL_PREFIX))
 
@@ -193,14 +196,14 @@ def _save_static(model, folder: str, input_size: Sequence[int], batch_size: int,
 def _legacy_program():
     """Trace into Paddle's legacy program on a PIR Paddle (3.3.1 tested), as Paddle's own QAT save does
     (DygraphOldIrGuard: FLAGS_enable_pir_api off for the trace, back on after). Two of this model's paths
-    fail there: F.scaled_dot_product_attention ('tuple' object has no attribute 'numel'), so attention takes
-    the explicit softmax; and paddle.matmul, which Paddle 3.3 binds to a C function taking PIR values only
-    ('matmul(): argument (position 1) must be Value, but got Variable'), so it gets the legacy matmul_v2."""
-    from models.layers import portable_attention
+    fail there: F.scaled_dot_product_attention ('tuple' object has no attribute 'numel'), avoided by the
+    explicit softmax every export traces; and paddle.matmul, which Paddle 3.3 binds to a C function taking PIR
+    values only ('matmul(): argument (position 1) must be Value, but got Variable'), so it gets the legacy
+    matmul_v2."""
     matmul = paddle.matmul
     paddle.matmul = _matmul_for_legacy_program(matmul)
     try:
-        with portable_attention(), paddle.pir_utils.DygraphOldIrGuard():
+        with paddle.pir_utils.DygraphOldIrGuard():
             yield
     finally:
         paddle.matmul = matmul

@@ -9,7 +9,7 @@ import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
 try:  # Paddle 3 (3.3 tested): SDPA picks flash / memory-efficient / math per call from device, dtype, `scale`
-    from paddle.nn.attention import SDPBackend, sdpa_kernel
+    from paddle.nn.attention import sdpa_kernel
 except ImportError:  # Paddle 2.6 sends every GPU call to flash_attn (fp16/bf16 only), with no fallback
     sdpa_kernel = None
 _fused_attn = sdpa_kernel is not None
@@ -35,8 +35,8 @@ def portable_attention():
     """Trace attention as the explicit matmul/softmax path, for an export that runs anywhere (Paddle Inference
     on CPU, ONNX, the legacy program): traced SDPA picks its kernel from the tracing device (flash_attn ops on a
     GPU), and its math form scales q twice (our head-count share, then 1/sqrt(head_dim)); the explicit path
-    scales once, not at all once models.export_rewrites has folded the scale into the q projection. Wrap
-    `paddle.jit.to_static` and `paddle.jit.save` in this."""
+    scales once, not at all once models.export_rewrites has folded the scale into the q projection.
+    deploy.export traces every export under this."""
     fused = use_fused_attn()
     set_fused_attn(False)
     try:

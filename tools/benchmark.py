@@ -334,16 +334,14 @@ def _export(spec: dict, export: str, rows: Sequence[Deployed]) -> None:
     """Write the EXPORTS folder `export` with what `rows` run from it: ONNX for an ONNX runtime, the int8
     copies for an int8 row."""
     from datasets.transforms import resolve_data_cfg
-    from models.layers import portable_attention
     from models.export_rewrites import rewrite_for_export
     from deploy.export import export_inference_model
     model = _paddle_model(spec, training=False)
     calib = _calibration_batches(spec) if any(row.precision == 'int8' for row in rows) else None
-    with portable_attention():  # as export_model.py: matmul/softmax in the graph on any device
-        export_inference_model(rewrite_for_export(model), spec['model_dirs'][export], spec['model'],
-                               resolve_data_cfg(model.default_cfg), calib_batches=calib,
-                               onnx=any(row.runtime != 'paddle' for row in rows),
-                               program_format='pdmodel' if export == 'pdmodel' else None)
+    export_inference_model(rewrite_for_export(model), spec['model_dirs'][export], spec['model'],
+                           resolve_data_cfg(model.default_cfg), calib_batches=calib,
+                           onnx=any(row.runtime != 'paddle' for row in rows),
+                           program_format='pdmodel' if export == 'pdmodel' else None)
 
 
 def _export_torch(python: str, spec: dict, rows: Sequence[Deployed], threads: int) -> dict:

@@ -57,11 +57,9 @@ def test_exported_graph_has_no_multiply_on_q(tmp_path):
     import onnx
     from datasets.transforms import resolve_data_cfg
     from deploy.export import export_inference_model
-    from models.layers import portable_attention
     model = _model_with_trained_bn_statistics()
-    with portable_attention():
-        export_inference_model(rewrite_for_export(model), str(tmp_path / 'export'), 'cvt_tiny',
-                               resolve_data_cfg(model.default_cfg), onnx=True)
+    export_inference_model(rewrite_for_export(model), str(tmp_path / 'export'), 'cvt_tiny',
+                           resolve_data_cfg(model.default_cfg), onnx=True)
     ops = [node.op_type for node in onnx.load(str(tmp_path / 'export' / 'model.onnx')).graph.node]
     blocks = sum(len(getattr(model, f'stage{i}').blocks) for i in range(model.num_stages))
     assert ops.count('Mul') <= blocks, ops

@@ -1,5 +1,5 @@
 """The layers' alternative compute paths agree: SDPA vs explicit attention, the CPU Linear vs F.linear,
-and an export traced under `portable_attention` holds only ops every backend runs."""
+and an export (traced under `portable_attention`) holds only ops every backend runs."""
 import sys
 
 import numpy as np
@@ -196,14 +196,13 @@ def test_portable_attention_traces_math_ops_where_a_gpu_would_pick_flash(gpu_lik
 
 
 @needs_sdpa_kernel
-def test_export_under_portable_attention_runs_on_paddle_inference_and_onnx(gpu_like_sdpa, tmp_path):
+def test_export_runs_on_paddle_inference_and_onnx_where_a_gpu_would_pick_flash(gpu_like_sdpa, tmp_path):
     from deploy.export import export_inference_model
     onnx = all(_importable(m) for m in ('paddle2onnx', 'onnx_graphsurgeon', 'onnxruntime'))
     model = _tiny()
     model.eval()
     out = tmp_path / 'export'
-    with layers.portable_attention():
-        export_inference_model(model, str(out), 'cvt_tiny', resolve_data_cfg(model.default_cfg), onnx=onnx)
+    export_inference_model(model, str(out), 'cvt_tiny', resolve_data_cfg(model.default_cfg), onnx=onnx)
     x = paddle.randn([2, 3, 64, 64])
     with paddle.no_grad(), layers.portable_attention():  # dygraph too would take the faked flash kernel
         reference = model(x).numpy()
